@@ -1,0 +1,134 @@
+"""Benchmark: Ray Train + DeepSpeed step time vs a plain PyTorch loop, and 2 workers vs 1.
+
+All three runs train the same model (tiny preset by default) on the same synthetic shards with the same micro-batch,
+reading and collating batches through the same code (:mod:`pipelines.train.data`), so a step is equal work:
+
+* ``plain``: one process with the worker's thread count (1), ``torch.optim.AdamW`` on the trainable parameters, gradient clipping 1.0, no DeepSpeed,
+  no Ray. Step time = data + forward + backward + clip + optimizer step.
+* ``ray1``: ``run_training`` with 1 Ray Train worker and a DeepSpeed ZeRO-2 engine; step times come from the
+  worker's step log (the same span: data + forward + backward + engine step). The start-up (Ray, worker group,
+  DeepSpeed init) is reported separately.
+* ``ray2``: the same with 2 workers; throughput = global samples per second.
+
+The first ``--warmup`` steps of each run are excluded. Medians are reported (the CI machine is shared).
+
+Run: ``python bench/bench_train.py [--steps 30 --workdir /tmp/vidllm-bench-train]``. Ends with
+``RESULT <name> <value> <unit> target <op> <value>`` lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from pipelines.train.config import resolve_config  # noqa: E402
+from pipelines.train.data import Collator, iter_batches, load_shards, plan_rank, steps_per_epoch  # noqa: E402
+from pipelines.train.loop import param_groups, read_step_logs  # noqa: E402
+from pipelines.train.synthetic_shards import write_synthetic_shards  # noqa: E402
+
+
+def plain_loop(cfg, steps: int) -> list[float]:
+    """Step times (s) of a plain PyTorch loop over the same data path."""
+    from model import LossWeights, VidLLM, VidLLMConfig
+    from model.freezing import apply_stage
+    from model.losses import MultitaskLoss
+
+    # Ray Train gives each worker OMP_NUM_THREADS = its CPUs (1 here); the plain loop gets the same thread count,
+    # so both measure one core's work (more intra-op threads than free cores slows a shared machine down).
+    torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
+    torch.manual_seed(cfg.data.seed)
+    model = VidLLM(VidLLMConfig.from_dict(cfg.model)).train()
+    apply_stage(model, "stage1")
+    opt = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas)
+    loss_fn = MultitaskLoss(LossWeights(**{**LossWeights.stage1().__dict__, "sc": cfg.loss.sc_lambda}))
+    shards = load_shards(cfg.data.manifest_uri)
+    spe = steps_per_epoch(shards, 1, cfg.data.micro_batch_size, 1)
+    times, epoch = [], 0
+    while len(times) < steps:
+        plan = plan_rank(shards, 0, 1, epoch, cfg.data.seed, cfg.data.shuffle_shards)
+        batches = iter_batches(plan, Collator(cfg.data, 1, None, epoch), cfg.data.micro_batch_size, spe)
+        while len(times) < steps:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            loss, _ = loss_fn(model(batch), batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            opt.step()
+            times.append(time.perf_counter() - t0)
+        epoch += 1
+    return times
+
+
+def ray_run(cfg) -> tuple[list[dict], float]:
+    """Per-step records of a Ray Train run and its wall time."""
+    from pipelines.train.launch import run_training
+
+    t0 = time.perf_counter()
+    run_training(cfg)
+    wall = time.perf_counter() - t0
+    records = [r for attempt in read_step_logs(cfg.run.output_dir) for r in attempt if "loss" in r]
+    return records, wall
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=30, help="measured steps per run (after warm-up)")
+    parser.add_argument("--warmup", type=int, default=3, help="steps excluded at the start of each run")
+    parser.add_argument("--clips", type=int, default=64, help="synthetic clips")
+    parser.add_argument("--workdir", default="/tmp/vidllm-bench-train")
+    args = parser.parse_args()
+
+    for key, value in {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DS_ACCELERATOR": "cpu",
+                       "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}.items():
+        os.environ.setdefault(key, value)
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    manifest = write_synthetic_shards(str(work / "shards"), num_clips=args.clips, num_shards=8)
+    total = args.steps + args.warmup
+
+    def config(name: str, workers: int):
+        return resolve_config("tiny", [
+            f"data.manifest_uri={manifest}", f"run.storage_path={work / 'ray'}", f"run.output_dir={work / name}",
+            f"run.name={name}", f"run.num_workers={workers}", f"schedule.max_steps={total}",
+            f"schedule.checkpoint_every={total}", "schedule.log_every=10", "optim.warmup_steps=2"], stage=1)
+
+    plain = plain_loop(config("plain", 1), total)[args.warmup:]
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024**2,
+             runtime_env={"env_vars": {k: os.environ[k] for k in ("DS_ACCELERATOR", "HF_HUB_OFFLINE")}})
+    one, wall1 = ray_run(config("ray1", 1))
+    two, wall2 = ray_run(config("ray2", 2))
+    ray.shutdown()
+
+    t_plain = statistics.median(plain)
+    t_one = statistics.median(r["step_time_s"] for r in one[args.warmup:])
+    sps_one = statistics.median(r["samples_per_s"] for r in one[args.warmup:])
+    sps_two = statistics.median(r["samples_per_s"] for r in two[args.warmup:])
+    startup1 = wall1 - sum(r["step_time_s"] for r in one)
+    print(f"plain step {t_plain * 1e3:.1f} ms | ray+deepspeed 1 worker step {t_one * 1e3:.1f} ms "
+          f"(start-up and export {startup1:.1f} s of {wall1:.1f} s) | 2 workers {sps_two:.2f} samples/s vs "
+          f"1 worker {sps_one:.2f} samples/s ({wall2:.1f} s wall)")
+    print(f"RESULT train_step_overhead_ray_ds_vs_plain {t_one / t_plain:.3f} x target <= 1.10")
+    print(f"RESULT train_step_time_plain {t_plain * 1e3:.1f} ms target info 0")
+    print(f"RESULT train_step_time_ray_ds_1worker {t_one * 1e3:.1f} ms target info 0")
+    print(f"RESULT train_throughput_1worker {sps_one:.2f} samples/s target info 0")
+    print(f"RESULT train_throughput_2workers {sps_two:.2f} samples/s target info 0")
+    print(f"RESULT train_scaling_2_vs_1_workers {sps_two / sps_one:.3f} x target >= 1.5")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

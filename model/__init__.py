@@ -1,0 +1,22 @@
+"""Vid-LLM model: pure PyTorch + transformers (no Ray, DeepSpeed, MLflow or storage code here).
+
+Public API: ``VidLLM``, ``VidLLMConfig``, ``VidLLMBatch``, ``build_tokenizer`` (see ``model/vidllm.py``).
+"""
+
+from model.batch import VidLLMBatch
+from model.config import LossWeights, VidLLMConfig
+from model.outputs import GroundingOutput, SceneEncoding, VidLLMOutput
+from model.tokenizer import build_tokenizer
+from model.vidllm import VidLLM, VidLLMHFConfig
+
+__all__ = [
+    "GroundingOutput",
+    "LossWeights",
+    "SceneEncoding",
+    "VidLLM",
+    "VidLLMBatch",
+    "VidLLMConfig",
+    "VidLLMHFConfig",
+    "VidLLMOutput",
+    "build_tokenizer",
+]

@@ -1,0 +1,81 @@
+"""Camera head: iterative refinement of the 9-D pose encoding from per-frame camera tokens (VGGT ``CameraHead``).
+
+Each iteration embeds the current (detached) pose estimate, uses it to modulate the normalised camera tokens
+(adaLN: shift, scale, gate), runs a small transformer trunk over the frames' camera tokens and regresses a pose
+*delta*. The running estimate after every iteration is returned (``pose_enc_list``) so the camera loss can weight
+iterations (VGGT: gamma = 0.6). Parameter names follow VGGT so its camera-head weights load unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.layers import Block, Mlp
+from model.pose_encoding import POSE_ENCODING_DIM
+
+
+class CameraHead(nn.Module):
+    """Iterative pose-encoding regressor.
+
+    Args:
+        dim_in: Camera-token channels (``2 * C`` in VGGT: frame and global outputs concatenated).
+        trunk_depth: Transformer blocks in the trunk.
+        num_heads: Trunk attention heads.
+        mlp_ratio: Trunk MLP ratio.
+        init_values: Trunk LayerScale init.
+    """
+
+    def __init__(
+        self,
+        dim_in: int,
+        trunk_depth: int = 4,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        init_values: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(
+            *[
+                Block(dim_in, num_heads, mlp_ratio=mlp_ratio, init_values=init_values)
+                for _ in range(trunk_depth)
+            ]
+        )
+        self.token_norm = nn.LayerNorm(dim_in)
+        self.trunk_norm = nn.LayerNorm(dim_in)
+        self.empty_pose_tokens = nn.Parameter(torch.zeros(1, 1, POSE_ENCODING_DIM))
+        self.embed_pose = nn.Linear(POSE_ENCODING_DIM, dim_in)
+        self.poseLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim_in, 3 * dim_in))
+        self.adaln_norm = nn.LayerNorm(dim_in, elementwise_affine=False, eps=1e-6)
+        self.pose_branch = Mlp(dim_in, dim_in // 2, POSE_ENCODING_DIM)
+
+    def forward(self, camera_tokens: torch.Tensor, num_iterations: int = 4) -> list[torch.Tensor]:
+        """Predict pose encodings.
+
+        Args:
+            camera_tokens: ``[B, S, dim_in]`` camera token of every frame (last aggregator layer).
+            num_iterations: Refinement iterations (>= 1).
+
+        Returns:
+            ``num_iterations`` tensors ``[B, S, 9]``; the last is the final estimate. Translation and quaternion are
+            linear outputs; the two FoVs go through a ReLU (non-negative), as in VGGT.
+        """
+        if num_iterations < 1:
+            raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
+        b, s, _ = camera_tokens.shape
+        tokens = self.token_norm(camera_tokens)
+        pose: torch.Tensor | None = None
+        pose_list = []
+        for _ in range(num_iterations):
+            if pose is None:
+                cond = self.embed_pose(self.empty_pose_tokens.expand(b, s, -1))
+            else:
+                # Detached like VGGT: each iteration learns a correction, gradients do not chain through iterations.
+                cond = self.embed_pose(pose.detach())
+            shift, scale, gate = self.poseLN_modulation(cond).chunk(3, dim=-1)
+            x = gate * (self.adaln_norm(tokens) * (1 + scale) + shift) + tokens
+            delta = self.pose_branch(self.trunk_norm(self.trunk(x)))
+            pose = delta if pose is None else pose + delta
+            pose_list.append(torch.cat((pose[..., :7], F.relu(pose[..., 7:])), dim=-1))
+        return pose_list

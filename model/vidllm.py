@@ -1,0 +1,291 @@
+"""Vid-LLM (arXiv 2509.24385, Figure 2): one video encoder, two synergistic branches, one LLM.
+
+    frames [B,S,3,H,W]
+      -> Encoder (DINOv2)                           tokens [B,S,P,C], multi-layer tokens
+      -> CrossTaskAdapter (bridge tokens)           T'_geom, T'_lang
+      -> ReconstructionBranch(T'_geom)              cameras + relative depth (+ confidence)
+      -> MetricDepthModel(encoder layers)           metric depth
+      -> scale alignment (median WLS scale)         metric depth + metric camera translation
+      -> VLBranch(T'_lang, detached geometry)       scene tokens [B,M,D]
+      -> LLM (scene tokens spliced at <scene>)      text; hidden state at <loc> -> BoxHead -> boxes
+
+``VidLLM`` is a transformers ``PreTrainedModel`` whose config (:class:`VidLLMHFConfig`) wraps the
+:class:`model.config.VidLLMConfig` tree, so checkpoints are ``config.json`` + ``model.safetensors`` (no pickle).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+from transformers import PretrainedConfig, PreTrainedModel
+
+from model.adapter import CrossTaskAdapter
+from model.batch import VidLLMBatch
+from model.config import VidLLMConfig
+from model.distillation import DistillationProjections
+from model.encoder import Encoder
+from model.grounding import BoxHead
+from model.llm import build_llm, splice_scene
+from model.metric_depth import MetricDepthModel
+from model.outputs import GroundingOutput, SceneEncoding, VidLLMOutput
+from model.reconstruction import ReconstructionBranch
+from model.scale_alignment import apply_scale, scene_scale
+from model.tokenizer import LOC_TOKEN, SCENE_TOKEN, caption_prompt, grounding_prompt, qa_prompt
+from model.vl_branch import VLBranch
+
+WEIGHTS_NAME = "model.safetensors"
+
+
+class VidLLMHFConfig(PretrainedConfig):
+    """HF config wrapper: ``vidllm`` holds ``VidLLMConfig.to_dict()`` (architecture only, no weight paths)."""
+
+    model_type = "vidllm"
+
+    def __init__(self, vidllm: dict | None = None, **kwargs) -> None:
+        self.vidllm = vidllm if vidllm is not None else VidLLMConfig.tiny().to_dict()
+        super().__init__(**kwargs)
+
+
+def _architecture_only(cfg: VidLLMConfig, llm_arch: dict) -> VidLLMConfig:
+    """The config stored with a checkpoint: weight paths cleared (the checkpoint holds all weights) and the LLM
+    architecture made explicit, so loading never reads the original pretrained directories."""
+    return dataclasses.replace(
+        cfg,
+        encoder=dataclasses.replace(cfg.encoder, pretrained_path=None),
+        llm=dataclasses.replace(cfg.llm, pretrained_path=None, arch=llm_arch),
+    )
+
+
+class VidLLM(PreTrainedModel):
+    """The composed model.
+
+    Args:
+        config: a :class:`VidLLMConfig` (sub-models with a ``pretrained_path`` load those local weights) or the
+            :class:`VidLLMHFConfig` of a checkpoint (everything built from config; weights come from the file).
+    """
+
+    config_class = VidLLMHFConfig
+    base_model_prefix = "vidllm"
+    main_input_name = "frames"
+
+    def __init__(self, config: VidLLMConfig | VidLLMHFConfig) -> None:
+        cfg = config if isinstance(config, VidLLMConfig) else VidLLMConfig.from_dict(config.vidllm)
+        llm = build_llm(cfg.llm)
+        llm_arch = cfg.llm.arch
+        if cfg.llm.pretrained_path is not None:
+            llm_arch = {"model_type": llm.config.model_type, **llm.config.to_diff_dict(),
+                        "vocab_size": cfg.llm.vocab_size}
+            for key in ("architectures", "transformers_version", "_name_or_path", "dtype", "torch_dtype",
+                        "quantization_config"):
+                llm_arch.pop(key, None)
+        stored = _architecture_only(cfg, llm_arch)
+        super().__init__(VidLLMHFConfig(vidllm=stored.to_dict()))
+        self.vidllm_config = stored
+        c = self.encoder_dim = cfg.encoder.hidden_size
+        d = cfg.llm.hidden_size
+        self.encoder = Encoder(cfg.encoder)
+        self.adapter = CrossTaskAdapter(cfg.adapter)
+        self.reconstruction = ReconstructionBranch(cfg.reconstruction)
+        self.metric_depth = MetricDepthModel(cfg.metric_depth)
+        self.vl_branch = VLBranch(cfg.vl, in_dim=c, out_dim=d)
+        self.llm = llm
+        self.box_head = BoxHead(cfg.grounding, dim=d)
+        self.distill = DistillationProjections(cfg.distill, student_dim=c)
+
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        """Every sub-module initialises itself at construction and checkpoints carry every tensor, so the generic
+        HF re-initialisation must not touch anything."""
+
+    # ------------------------------------------------------------------ forward
+
+    def _generator(self, generator: torch.Generator | None) -> torch.Generator:
+        """Random source for frame sampling and the voxel cap: fixed (seed 0) in eval mode so inference is
+        deterministic; drawn from the global RNG in training so samples vary but follow ``torch.manual_seed``."""
+        if generator is not None:
+            return generator
+        seed = int(torch.randint(0, 2**62, ())) if self.training else 0
+        return torch.Generator().manual_seed(seed)
+
+    def _geometry(self, enc, adapter_out, image_hw, generator):
+        rec = self.reconstruction(adapter_out.geom, enc.grid, image_hw)
+        md = self.metric_depth(enc.layer_tokens, enc.grid, image_hw)
+        with torch.no_grad():
+            scale = scene_scale(rec.depth.detach().float(), md.depth.detach().float(),
+                                rec.depth_conf.detach().float(), self.vidllm_config.scale.num_frames, generator)
+        depth_m, extrinsics_m = apply_scale(rec.depth.detach(), rec.extrinsics.detach(), scale)
+        return rec, md, scale, depth_m, extrinsics_m
+
+    def _scene(self, lang, enc, image_hw, rec, scale, depth_m, extrinsics_m, generator) -> SceneEncoding:
+        vl = self.vl_branch(lang, enc.grid, image_hw, depth_m, extrinsics_m, rec.intrinsics, generator)
+        return SceneEncoding(tokens=vl.tokens, mask=vl.mask, centres=vl.centres, depth=depth_m,
+                             extrinsics=extrinsics_m, intrinsics=rec.intrinsics.detach(), scale=scale)
+
+    def forward(self, batch: VidLLMBatch, reconstruct: bool | None = None,
+                generator: torch.Generator | None = None) -> VidLLMOutput:
+        """Run the branches the batch needs.
+
+        Args:
+            batch: :class:`VidLLMBatch`.
+            reconstruct: run reconstruction + metric depth + scale alignment; ``None`` = when the batch has
+                geometric targets (depth/extrinsics) or text (the 3D-VL branch needs geometry). A Stage-1 batch
+                with only teacher targets therefore skips them.
+            generator: random source for scale-alignment frame sampling and the voxel cap.
+
+        Returns:
+            :class:`VidLLMOutput`. The LLM and the box head run when ``input_ids`` are given.
+        """
+        generator = self._generator(generator)
+        frames = batch.frames
+        image_hw = (frames.shape[-2], frames.shape[-1])
+        enc = self.encoder(frames)
+        ad = self.adapter(enc.tokens)
+        out = VidLLMOutput(adapter=ad, grid=enc.grid, image_hw=image_hw)
+        if batch.teacher_geo is not None or batch.teacher_sem is not None:
+            out.distill = self.distill(ad.geom, ad.lang, enc.grid, batch.teacher_geo, batch.teacher_sem,
+                                       batch.teacher_grid)
+        if reconstruct is None:
+            reconstruct = batch.input_ids is not None or batch.depth is not None or batch.extrinsics is not None
+        if batch.input_ids is not None and not reconstruct:
+            raise ValueError("the 3D-VL branch needs reconstructed geometry: reconstruct=False with input_ids")
+        if not reconstruct:
+            return out
+        rec, md, scale, depth_m, extrinsics_m = self._geometry(enc, ad, image_hw, generator)
+        out.reconstruction, out.metric_depth = rec, md
+        out.scene = self._scene(ad.lang, enc, image_hw, rec, scale, depth_m, extrinsics_m, generator)
+        if batch.input_ids is None:
+            return out
+        cfg = self.vidllm_config.llm
+        spliced = splice_scene(self.llm.get_input_embeddings(), batch.input_ids, batch.attention_mask,
+                               batch.labels, out.scene.tokens, out.scene.mask, cfg.scene_token_id)
+        lm_out = self.llm(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
+                          output_hidden_states=True, use_cache=False)
+        out.lm_logits, out.lm_labels = lm_out.logits, spliced.labels
+        is_loc = (batch.input_ids == cfg.loc_token_id) & (spliced.positions >= 0)
+        out.has_loc = is_loc.any(dim=1)
+        # The box head runs for every text batch (rows without <loc> get a zero query and are masked out of the
+        # box loss), so every data-parallel rank produces gradients for the same parameters whatever its task mix.
+        idx = torch.arange(is_loc.shape[1], device=is_loc.device).expand_as(is_loc)
+        last = torch.where(is_loc, idx, torch.full_like(idx, -1)).max(dim=1).values  # the last <loc> of each row
+        pos = spliced.positions.gather(1, last.clamp(min=0)[:, None]).squeeze(1).clamp(min=0)
+        hidden = lm_out.hidden_states[-1][torch.arange(pos.shape[0], device=pos.device), pos]
+        hidden = torch.where(out.has_loc[:, None], hidden, torch.zeros_like(hidden))
+        out.grounding = self.box_head(hidden, out.scene.tokens, out.scene.mask, out.scene.centres)
+        return out
+
+    # ------------------------------------------------------------------ inference API
+
+    @torch.no_grad()
+    def encode_scene(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> SceneEncoding:
+        """Encode a clip for the LLM (what the serving cache keeps).
+
+        Args:
+            frames: ``[B, S, 3, H, W]`` float in [0, 1].
+
+        Returns:
+            :class:`SceneEncoding` (scene tokens, voxel centres in metres, metric depth/cameras, scale).
+        """
+        generator = self._generator(generator)
+        image_hw = (frames.shape[-2], frames.shape[-1])
+        enc = self.encoder(frames)
+        ad = self.adapter(enc.tokens)
+        rec, _, scale, depth_m, extrinsics_m = self._geometry(enc, ad, image_hw, generator)
+        return self._scene(ad.lang, enc, image_hw, rec, scale, depth_m, extrinsics_m, generator)
+
+    def _prompt_inputs(self, scene: SceneEncoding, prompts: list[str], tokenizer):
+        if scene.tokens.shape[0] == 1 and len(prompts) > 1:
+            scene = scene.select([0] * len(prompts))
+        if scene.tokens.shape[0] != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts for {scene.tokens.shape[0]} scenes")
+        device = scene.tokens.device
+        enc = tokenizer(list(prompts), padding=True, return_tensors="pt")
+        spliced = splice_scene(self.llm.get_input_embeddings(), enc["input_ids"].to(device),
+                               enc["attention_mask"].to(device), None, scene.tokens, scene.mask,
+                               self.vidllm_config.llm.scene_token_id, padding_side="left")
+        return scene, spliced
+
+    def _generate(self, spliced, tokenizer, max_new_tokens: int) -> list[str]:
+        cfg = self.vidllm_config.llm
+        ids = self.llm.generate(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
+                                max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                pad_token_id=cfg.pad_token_id, eos_token_id=cfg.eos_token_id)
+        return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    @torch.no_grad()
+    def answer(self, scene: SceneEncoding, prompts: list[str], tokenizer, max_new_tokens: int = 16) -> list[str]:
+        """Greedy answers to questions about the scenes (QA; SQA3D situations go in the question text).
+
+        Args:
+            scene: :class:`SceneEncoding` with B items (or 1, shared by all prompts).
+            prompts: B questions; a prompt without ``<scene>`` is wrapped with :func:`model.tokenizer.qa_prompt`.
+            tokenizer: from :func:`model.tokenizer.build_tokenizer`.
+        """
+        prompts = [p if SCENE_TOKEN in p else qa_prompt(p) for p in prompts]
+        _, spliced = self._prompt_inputs(scene, prompts, tokenizer)
+        return self._generate(spliced, tokenizer, max_new_tokens)
+
+    @torch.no_grad()
+    def caption(self, scene: SceneEncoding, boxes: torch.Tensor, tokenizer, max_new_tokens: int = 24) -> list[str]:
+        """Dense captioning of one box per item: ``boxes`` ``[B, 6]`` centre+size, metres, first-camera frame."""
+        prompts = [caption_prompt(box.tolist()) for box in boxes]
+        _, spliced = self._prompt_inputs(scene, prompts, tokenizer)
+        return self._generate(spliced, tokenizer, max_new_tokens)
+
+    @torch.no_grad()
+    def ground(self, scene: SceneEncoding, descriptions: list[str], tokenizer,
+               max_new_tokens: int = 40) -> GroundingOutput:
+        """Visual grounding: the prompt ends in ``<loc>``, whose hidden state drives the box head; the model then
+        verbalises the coordinates.
+
+        Returns:
+            :class:`GroundingOutput`: boxes ``[B, Q, 6]`` and probabilities ``[B, Q]`` sorted by score, and the
+            decoded text (``"[cx, cy, cz, dx, dy, dz]"`` when the model has learnt the format).
+        """
+        prompts = [grounding_prompt(d) + " " + LOC_TOKEN for d in descriptions]
+        scene, spliced = self._prompt_inputs(scene, prompts, tokenizer)
+        hidden = self.llm(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
+                          output_hidden_states=True, use_cache=False).hidden_states[-1][:, -1]
+        pred = self.box_head(hidden, scene.tokens, scene.mask, scene.centres)
+        scores, order = pred.scores.sigmoid().sort(dim=1, descending=True)
+        boxes = pred.boxes.gather(1, order[..., None].expand_as(pred.boxes))
+        return GroundingOutput(boxes=boxes, scores=scores, text=self._generate(spliced, tokenizer, max_new_tokens))
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_pretrained(self, save_directory: str | Path, **_: object) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (shared tensors stored once; no pickle).
+
+        The generic HF writer/loader is not used because its loader materialises the model on the meta device and
+        leaves non-persistent buffers of custom sub-modules (pixel normalisation, RoPE tables) as uninitialised
+        memory; this pair round-trips bit-identically.
+        """
+        path = Path(save_directory)
+        path.mkdir(parents=True, exist_ok=True)
+        self.config.save_pretrained(path)
+        save_model(self, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *_, device: str | torch.device = "cpu",
+                        **__) -> VidLLM:
+        """Load a checkpoint written by :meth:`save_pretrained` from a local directory (strict: every tensor must
+        be present and no extra one).
+
+        Raises:
+            FileNotFoundError: the directory lacks ``config.json`` or ``model.safetensors``.
+        """
+        path = Path(pretrained_model_name_or_path)
+        for name in ("config.json", WEIGHTS_NAME):
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"Vid-LLM checkpoint {path} has no {name}")
+        data = json.loads((path / "config.json").read_text())
+        if "vidllm" not in data:
+            raise ValueError(f"{path / 'config.json'} is not a Vid-LLM config (no 'vidllm' key)")
+        model = cls(VidLLMConfig.from_dict(data["vidllm"]))
+        missing, unexpected = load_model(model, str(path / WEIGHTS_NAME), strict=True, device=str(device))
+        if missing or unexpected:
+            raise ValueError(f"{path / WEIGHTS_NAME}: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+        model.eval()
+        return model

@@ -1,0 +1,1 @@
+"""Vid-LLM pipelines: ingest, teachers, training, evaluation and serving on Ray."""

@@ -1,0 +1,1 @@
+"""Benchmark metrics as pure functions: boxes/IoU, QA exact match, captions, grounding, Scan2Cap, reconstruction."""

@@ -1,0 +1,1 @@
+"""Ingest stage of the Vid-LLM pipeline."""

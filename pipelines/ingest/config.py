@@ -1,0 +1,105 @@
+"""Typed, validated configuration of the ingest job (scenes -> CLIP shards)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from pipelines.schema import DEPTH_CODECS, FRAME_CODECS, config_hash
+
+LAYOUTS = ("auto", "sens", "export", "posed_images", "video")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """How scenes become clips and shards.
+
+    Attributes:
+        frames_per_clip: frames S per clip (paper: 32, uniform over the valid-pose frames).
+        clips_per_scene: clips K per scene. With ``stride == 0`` clip ``k`` samples the whole scene uniformly at
+            phase ``(k + 0.5) / K`` of the sampling interval; with ``stride > 0`` clips are windows of S valid
+            frames ``stride`` apart, spread evenly over the scene.
+        stride: spacing (in valid frames) inside a windowed clip; 0 selects uniform whole-scene sampling.
+        min_valid_frames: a scene with fewer valid-pose frames is quarantined (at least ``frames_per_clip``).
+        short_side: the image side named by ``resize_side`` after resizing (518), before the centre crop.
+        resize_side: ``short`` (default: 1296x968 -> 686x518) or ``long`` (-> 518x378, the paper's frame size,
+            with 55 % of the patches, so half the teacher-token bytes).
+        patch_multiple: the crop makes H and W multiples of this (the ViT patch size, 14).
+        frame_codec: ``jpeg`` (default, see :mod:`pipelines.schema`) or ``npy`` (lossless).
+        jpeg_quality: JPEG quality for the ``jpeg`` codec.
+        depth_codec: ``zlib`` (default, lossless, ~7x smaller) or ``npy``.
+        target_shard_bytes: a shard is closed before it would exceed this (a scene is never split).
+        layout: scene layout passed to the reader (``auto`` detects it per scene).
+        num_cpus_per_task: CPUs Ray reserves per scene task (decode + resize run inside the task).
+        concurrency: maximum concurrent scene tasks (None = as many as CPUs allow).
+        keep_staging: keep ``<out>/_staging`` after the manifest is written (debugging).
+    """
+
+    frames_per_clip: int = 32
+    clips_per_scene: int = 1
+    stride: int = 0
+    min_valid_frames: int = 32
+    short_side: int = 518
+    resize_side: str = "short"
+    patch_multiple: int = 14
+    frame_codec: str = "jpeg"
+    jpeg_quality: int = 95
+    depth_codec: str = "zlib"
+    target_shard_bytes: int = 512 * 1024**2
+    layout: str = "auto"
+    num_cpus_per_task: float = 1.0
+    concurrency: int | None = None
+    keep_staging: bool = False
+
+    def __post_init__(self) -> None:
+        if self.frames_per_clip < 1 or self.clips_per_scene < 1 or self.stride < 0:
+            raise ValueError("frames_per_clip and clips_per_scene must be >= 1 and stride >= 0")
+        if self.min_valid_frames < self.frames_per_clip:
+            raise ValueError(
+                f"min_valid_frames ({self.min_valid_frames}) must be >= frames_per_clip ({self.frames_per_clip})"
+            )
+        if self.patch_multiple < 1 or self.short_side < self.patch_multiple:
+            raise ValueError(f"short_side {self.short_side} must be >= patch_multiple {self.patch_multiple} >= 1")
+        if self.resize_side not in ("short", "long"):
+            raise ValueError(f"resize_side must be 'short' or 'long', got {self.resize_side!r}")
+        if self.frame_codec not in FRAME_CODECS:
+            raise ValueError(f"frame_codec must be one of {FRAME_CODECS}, got {self.frame_codec!r}")
+        if self.depth_codec not in DEPTH_CODECS:
+            raise ValueError(f"depth_codec must be one of {DEPTH_CODECS}, got {self.depth_codec!r}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+        if self.target_shard_bytes < 1:
+            raise ValueError("target_shard_bytes must be positive")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.num_cpus_per_task <= 0 or (self.concurrency is not None and self.concurrency < 1):
+            raise ValueError("num_cpus_per_task must be > 0 and concurrency >= 1")
+
+    @classmethod
+    def tiny(cls) -> IngestConfig:
+        """Test preset: 6-frame clips at 56 px, lossless frames, 64 KB shards."""
+        return cls(frames_per_clip=6, min_valid_frames=6, short_side=56, frame_codec="npy",
+                   target_shard_bytes=64 * 1024)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> IngestConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"unknown ingest config keys {unknown}; known: {sorted(known)}")
+        return cls(**raw)
+
+    @classmethod
+    def from_json_file(cls, path: str) -> IngestConfig:
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+    def hash(self) -> str:
+        """Hash of the fields that change shard contents (not of scheduling knobs)."""
+        content = {k: v for k, v in self.to_dict().items() if k not in ("num_cpus_per_task", "concurrency",
+                                                                        "keep_staging")}
+        return config_hash(content)

@@ -1,0 +1,248 @@
+"""Benchmark-format language annotations derived from the generated scene, so that every answer can be scored.
+
+Facts come only from the :class:`~pipelines.ingest.synthetic.room.Room` (classes, counts, colours, boxes), and the
+records use the published field names of ScanQA, SQA3D, ScanRefer (with M3DRef-CLIP's ``eval_type``) and
+Multi3DRefer. Conventions chosen once and kept: counts are answered with number words ("two"), yes/no questions with
+"yes"/"no", colours with the palette name. Spatial relations are viewpoint-free ("next to", "bigger") for ScanQA and
+ScanRefer, and relative to the stated situation (agent in front of an object, facing it) for SQA3D.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import numpy as np
+
+from pipelines.ingest.synthetic.room import CATALOGUE, CLASS_BY_LABEL, PALETTE, Room, SceneObject
+
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+
+def number_word(n: int) -> str:
+    """``2 -> "two"`` (the counting-answer convention of these annotations)."""
+    return NUMBER_WORDS[n] if 0 <= n < len(NUMBER_WORDS) else str(n)
+
+
+def tokenize(text: str) -> list[str]:
+    """ScanRefer-style tokens: lower-case words and punctuation marks."""
+    return re.findall(r"[a-z0-9]+|[.,!?]", text.lower())
+
+
+def _gap(a: SceneObject, b: SceneObject) -> float:
+    """Distance between the xy footprints of two objects (0 when they touch)."""
+    alo, ahi = a.bbox
+    blo, bhi = b.bbox
+    d = np.maximum(np.maximum(blo[:2] - ahi[:2], alo[:2] - bhi[:2]), 0.0)
+    return float(np.hypot(*d))
+
+
+def _nearest(obj: SceneObject, others: list[SceneObject], margin: float) -> SceneObject | None:
+    """The nearest other object, only when every object of a different class is ``margin`` metres farther."""
+    ranked = sorted(
+        (o for o in others if o.object_id != obj.object_id), key=lambda o: (_gap(obj, o), o.object_id)
+    )
+    if not ranked:
+        return None
+    first = ranked[0]
+    rivals = [o for o in ranked[1:] if o.label != first.label]
+    if rivals and _gap(obj, rivals[0]) - _gap(obj, first) < margin:
+        return None
+    return first
+
+
+class SceneLanguage:
+    """Derives all annotation records for one room.
+
+    Args:
+        room: the generated room.
+        split: ``train`` or ``val``; used in ScanQA question ids.
+        scene_index: integer index of the scene (for globally unique SQA3D question ids).
+        rng: generator for template and absent-class choices (deterministic per scene).
+    """
+
+    def __init__(self, room: Room, split: str, scene_index: int, rng: np.random.Generator):
+        self.room, self.split, self.scene_index, self.rng = room, split, scene_index, rng
+        self.furniture = room.furniture
+        self.counts = Counter(o.label for o in self.furniture)
+        present = set(self.counts)
+        self.absent = [c.label for c in CATALOGUE if c.label not in present]
+
+    def describe(self, obj: SceneObject) -> str:
+        """A noun phrase naming ``obj`` unambiguously: ``the bed`` or, for repeated classes, ``the red chair``."""
+        return f"the {obj.label}" if self.counts[obj.label] == 1 else f"the {obj.color_name} {obj.label}"
+
+    def scanqa(self) -> list[dict]:
+        """ScanQA records: counting, colour, existence, nearest-object and size-comparison questions."""
+        out: list[dict] = []
+        sid = self.room.scene_id
+        by_label = {label: [o for o in self.furniture if o.label == label] for label in sorted(self.counts)}
+
+        def add(question: str, answer: str, objs: list[SceneObject]) -> None:
+            out.append(
+                {
+                    "answers": [answer],
+                    "object_ids": [o.object_id for o in objs],
+                    "object_names": [o.label for o in objs],
+                    "question": question,
+                    "question_id": f"{self.split}-{sid[:9]}-{len(out)}",
+                    "scene_id": sid,
+                }
+            )
+
+        for label, objs in by_label.items():
+            add(f"How many {CLASS_BY_LABEL[label].plural} are in the room?", number_word(len(objs)), objs)
+        unique = [objs[0] for objs in by_label.values() if len(objs) == 1]
+        for obj in unique:
+            add(f"What color is the {obj.label}?", obj.color_name, [obj])
+        for label in list(by_label)[:2]:
+            add(f"Is there a {label} in the room?", "yes", by_label[label][:1])
+        for label in self._pick(self.absent, 2):
+            add(f"Is there a {label} in the room?", "no", [])
+        for obj in unique:
+            near = _nearest(obj, self.furniture, margin=0.3)
+            if near is not None:
+                add(f"What is next to the {obj.label}?", near.label, [obj, near])
+        pairs = [(a, b) for i, a in enumerate(unique) for b in unique[i + 1 :]]
+        for a, b in pairs[:3]:
+            ratio = a.volume / b.volume
+            if ratio > 1.5 or ratio < 1 / 1.5:
+                bigger = a if ratio > 1 else b
+                add(f"Which is bigger, the {a.label} or the {b.label}?", bigger.label, [a, b])
+        return out
+
+    def sqa3d(self) -> tuple[list[dict], list[dict]]:
+        """SQA3D ``(questions, annotations)``: the agent stands in front of an object, facing it."""
+        questions, annotations = [], []
+        extent = self.room.extent
+        for obj in self.furniture:
+            if len(questions) >= 9:
+                break
+            lo, hi = obj.bbox
+            reach = float(np.abs(obj.front) @ ((hi - lo)[:2] / 2.0))
+            agent = obj.center[:2] + obj.front * (reach + 0.6)
+            inside = (agent > 0.2).all() and (agent < extent[:2] - 0.2).all()
+            blocked = any(
+                (agent >= o.bbox[0][:2] - 0.1).all() and (agent <= o.bbox[1][:2] + 0.1).all()
+                for o in self.furniture
+            )
+            # The situation names only the class, so the object must be clearly the nearest of its class.
+            rivals = [
+                float(np.linalg.norm(o.center[:2] - agent))
+                for o in self.furniture
+                if o.label == obj.label and o.object_id != obj.object_id
+            ]
+            own = float(np.linalg.norm(obj.center[:2] - agent))
+            if not inside or blocked or (rivals and min(rivals) < own + 0.3):
+                continue
+            facing = -obj.front
+            yaw = float(np.arctan2(facing[1], facing[0]))
+            situation = f"I am standing in front of the {obj.label} and facing it."
+            alternatives = [
+                f"Facing the {obj.label}, I am standing right in front of it.",
+                f"I walked up to the {obj.label} and I am looking at it.",
+            ]
+            qa = [(f"What color is the {obj.label} in front of me?", obj.color_name)]
+            left = np.array([-facing[1], facing[0]])
+            for other in self.furniture:
+                lateral = float((other.center[:2] - agent) @ left)
+                if other.object_id != obj.object_id and abs(lateral) > 0.4:
+                    side = "left" if lateral > 0 else "right"
+                    qa.append((f"Is {self.describe(other)} on my left or on my right?", side))
+                    break
+            label = self._pick(sorted(self.counts), 1)[0]
+            qa.append(
+                (f"How many {CLASS_BY_LABEL[label].plural} are in the room?", number_word(self.counts[label]))
+            )
+            for question, answer in qa:
+                qid = 100000 * (self.scene_index + 1) + len(questions)
+                questions.append(
+                    {
+                        "alternative_situation": alternatives,
+                        "question": question,
+                        "question_id": qid,
+                        "scene_id": self.room.scene_id,
+                        "situation": situation,
+                    }
+                )
+                annotations.append(
+                    {
+                        "answer_type": "other",
+                        "answers": [{"answer": answer, "answer_confidence": "yes", "answer_id": 1}],
+                        "position": {"x": float(agent[0]), "y": float(agent[1]), "z": 0.0},
+                        "question_id": qid,
+                        "question_type": "N/A",
+                        "rotation": {
+                            "_w": float(np.cos(yaw / 2)),
+                            "_x": 0.0,
+                            "_y": 0.0,
+                            "_z": float(np.sin(yaw / 2)),
+                        },
+                        "scene_id": self.room.scene_id,
+                    }
+                )
+        return questions, annotations
+
+    def scanrefer(self, per_object: int = 2) -> list[dict]:
+        """ScanRefer records (``object_id``/``ann_id`` as strings) plus M3DRef-CLIP's ``eval_type``."""
+        out = []
+        for obj in self.furniture:
+            near = _nearest(obj, self.furniture, margin=0.0)
+            near_text = f" it is next to {self.describe(near)}." if near is not None else ""
+            templates = [
+                f"this is a {obj.color_name} {obj.label}.{near_text}",
+                f"the {obj.label} is {obj.color_name}.{near_text}",
+                f"a {obj.color_name} {obj.label} in the room.{near_text}",
+            ]
+            for ann_id in range(per_object):
+                text = templates[ann_id % len(templates)]
+                out.append(
+                    {
+                        "ann_id": str(ann_id),
+                        "description": text,
+                        "eval_type": "unique" if self.counts[obj.label] == 1 else "multiple",
+                        "object_id": str(obj.object_id),
+                        "object_name": obj.label,
+                        "scene_id": self.room.scene_id,
+                        "token": tokenize(text),
+                    }
+                )
+        return out
+
+    def multi3drefer(self) -> list[dict]:
+        """Multi3DRefer records covering all five ``eval_type`` groups (zero-, single- and multi-target)."""
+        out: list[dict] = []
+
+        def add(label: str, text: str, objs: list[SceneObject], eval_type: str, color: bool) -> None:
+            out.append(
+                {
+                    "ann_id": len(out),
+                    "color": color,
+                    "description": text,
+                    "eval_type": eval_type,
+                    "object_ids": [o.object_id for o in objs],
+                    "object_name": label,
+                    "scene_id": self.room.scene_id,
+                    "spatial": False,
+                }
+            )
+
+        for label in sorted(self.counts):
+            objs = [o for o in self.furniture if o.label == label]
+            if len(objs) == 1:
+                add(label, f"the {label} in this room.", objs, "st_wo_d", False)
+                continue
+            for obj in objs:
+                add(label, f"the {obj.color_name} {label}.", [obj], "st_w_d", True)
+            add(label, f"all of the {CLASS_BY_LABEL[label].plural} in this room.", objs, "mt", False)
+            unused = [c for c in PALETTE if c not in {o.color_name for o in objs}]
+            add(label, f"the {self._pick(unused, 1)[0]} {label}.", [], "zt_w_d", True)
+        for label in self._pick(self.absent, 2):
+            add(label, f"the {label} in this room.", [], "zt_wo_d", False)
+        return out
+
+    def _pick(self, items: list[str], k: int) -> list[str]:
+        if not items:
+            return []
+        idx = self.rng.choice(len(items), size=min(k, len(items)), replace=False)
+        return [items[int(i)] for i in sorted(idx)]

@@ -1,0 +1,1 @@
+"""Serve stage of the Vid-LLM pipeline."""

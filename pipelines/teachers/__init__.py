@@ -1,0 +1,1 @@
+"""Teachers stage of the Vid-LLM pipeline."""

@@ -1,0 +1,109 @@
+"""Typed, validated configuration of the teachers job (CLIP shards -> TRAINING shards)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from pipelines.schema import TOKEN_CODECS, config_hash
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class TeacherPoolConfig:
+    """Resources of one teacher's Ray Data actor pool.
+
+    Attributes:
+        num_gpus: GPUs per actor (0 = CPU).
+        num_cpus: CPUs per actor.
+        batch_size: clips per ``map_batches`` call; each call runs the model on all their frames at once.
+        concurrency: number of actors in the pool.
+        dtype: compute dtype of the model (``float16``/``bfloat16`` on GPUs); outputs are stored as float16.
+    """
+
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
+    batch_size: int = 1
+    concurrency: int = 1
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.num_gpus < 0 or self.num_cpus < 0 or self.batch_size < 1 or self.concurrency < 1:
+            raise ValueError("num_gpus/num_cpus must be >= 0 and batch_size/concurrency >= 1")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class TeachersConfig:
+    """Teacher models, their pools, and how outputs are stored.
+
+    Attributes:
+        geometry_teacher: local path or URI of an HF ``Dinov2WithRegistersModel`` folder (VGGT-1B's encoder).
+        semantic_teacher: local path or URI of an HF ``CLIPVisionModel`` folder (CLIP ViT-L/14-336).
+        geometry: actor pool of the geometry teacher.
+        semantic: actor pool of the semantic teacher.
+        token_codec: storage of geometry patch tokens, ``fp16`` (default; see :mod:`pipelines.schema`) or ``int8``.
+        target_shard_bytes: a training shard is closed before it would exceed this (a scene is never split).
+        cache_dir: local directory where teacher folders on object storage are downloaded (per node).
+        read_num_cpus: CPUs of each clip-reading task.
+        keep_staging: keep ``<out>/_staging`` after the manifest is written.
+    """
+
+    geometry_teacher: str = ""
+    semantic_teacher: str = ""
+    geometry: TeacherPoolConfig = TeacherPoolConfig()
+    semantic: TeacherPoolConfig = TeacherPoolConfig()
+    token_codec: str = "fp16"
+    target_shard_bytes: int = 1024**3
+    cache_dir: str = "/tmp/vidllm-teacher-cache"
+    read_num_cpus: float = 1.0
+    keep_staging: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.geometry_teacher or not self.semantic_teacher:
+            raise ValueError("geometry_teacher and semantic_teacher (paths or URIs) are required")
+        if self.token_codec not in TOKEN_CODECS:
+            raise ValueError(f"token_codec must be one of {TOKEN_CODECS}, got {self.token_codec!r}")
+        if self.target_shard_bytes < 1 or self.read_num_cpus <= 0:
+            raise ValueError("target_shard_bytes and read_num_cpus must be positive")
+
+    @classmethod
+    def tiny(cls, geometry_teacher: str, semantic_teacher: str) -> TeachersConfig:
+        """Test preset: CPU actors, 2 clips per batch, 128 KB shards."""
+        pool = TeacherPoolConfig(batch_size=2)
+        return cls(geometry_teacher, semantic_teacher, pool, pool, target_shard_bytes=128 * 1024)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TeachersConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"unknown teachers config keys {unknown}; known: {sorted(known)}")
+        raw = dict(raw)
+        for pool in ("geometry", "semantic"):
+            if isinstance(raw.get(pool), dict):
+                raw[pool] = TeacherPoolConfig(**raw[pool])
+        return cls(**raw)
+
+    @classmethod
+    def from_json_file(cls, path: str, **overrides: Any) -> TeachersConfig:
+        with open(path) as f:
+            raw = json.load(f)
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(raw)
+
+    def hash(self) -> str:
+        """Hash of what changes shard contents (models, dtypes, codec, shard size), not of scheduling knobs."""
+        d = self.to_dict()
+        content = {
+            "geometry_teacher": d["geometry_teacher"], "semantic_teacher": d["semantic_teacher"],
+            "geometry_dtype": d["geometry"]["dtype"], "semantic_dtype": d["semantic"]["dtype"],
+            "token_codec": d["token_codec"], "target_shard_bytes": d["target_shard_bytes"],
+        }
+        return config_hash(content)

@@ -1,0 +1,211 @@
+"""The teachers job: CLIP shards (from a manifest) -> Ray Data actor pools -> TRAINING shards + manifest.
+
+Pipeline (one row per clip):
+
+1. ``map_batches(_read_shards)`` tasks read the CLIP shards listed in the manifest (never a listing) and emit the
+   clips still to do: the clip's encoded fields as one tar blob plus its decoded frames (output resolution).
+2. ``map_batches(GeometryUDF)`` actor pool: the DINOv2-with-registers teacher, loaded once per actor; emits the
+   encoded ``teacher_geo`` fields (fp16 or int8: compact through the object store).
+3. ``map_batches(SemanticUDF)`` actor pool: the CLIP vision teacher; emits ``teacher_sem``.
+4. ``map_batches(_stage_clips)`` tasks write ``<out>/_staging/<key>.tar`` (clip fields + teacher fields).
+
+Then the shared deterministic packing (:mod:`pipelines.manifest`) writes ``train-NNNNNN.tar`` in sorted scene-id
+order and the manifest last. Each model call sees exactly one clip's frames, so a clip's outputs do not depend on
+which clips Ray happened to batch together, and a resumed run reproduces the same bytes on the same hardware.
+A clip whose stored fields cannot be decoded is quarantined; model/runtime errors fail the job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import time
+from typing import Any
+
+import numpy as np
+
+from pipelines import manifest as mf
+from pipelines import storage
+from pipelines.ingest.job import init_ray, ray_shard_builder
+from pipelines.schema import (
+    TRAIN_SHARD_PREFIX,
+    SchemaError,
+    config_hash,
+    decode_frames,
+    encode_teacher_geo,
+    encode_teacher_sem,
+    group_members,
+    json_bytes,
+    read_tar,
+    sample_members,
+    split_key,
+    write_tar,
+)
+from pipelines.teachers.config import TeacherPoolConfig, TeachersConfig
+from pipelines.teachers.geometry import GeometryTeacher
+from pipelines.teachers.semantic import SemanticTeacher
+
+log = logging.getLogger(__name__)
+
+
+def _read_shards(batch: dict[str, np.ndarray]) -> dict[str, list]:
+    rows: dict[str, list] = {"key": [], "scene_id": [], "sample": [], "frames": [], "error": []}
+    for uri, todo_json in zip(batch["uri"], batch["todo"], strict=True):
+        todo = set(json.loads(todo_json))
+        for sample in group_members(read_tar(storage.read_bytes(uri), uri)):
+            key = sample["__key__"]
+            if key not in todo:
+                continue
+            try:
+                frames = decode_frames(sample, key)
+                error = ""
+            except SchemaError as err:
+                frames, error = np.zeros((0, 1, 1, 3), np.uint8), f"{type(err).__name__}\t{err}"
+            rows["key"].append(key)
+            rows["scene_id"].append(split_key(key)[0])
+            rows["sample"].append(write_tar(sample_members(sample)))
+            rows["frames"].append(frames)
+            rows["error"].append(error)
+    return rows
+
+
+class GeometryUDF:
+    """Ray Data actor: the geometry teacher, loaded once in ``__init__``."""
+
+    def __init__(self, path: str, cache_dir: str, dtype: str, num_gpus: float, token_codec: str):
+        self.teacher = GeometryTeacher(path, cache_dir, dtype=dtype, num_gpus=num_gpus)
+        self.token_codec = token_codec
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        geo = []
+        for frames, error in zip(batch["frames"], batch["error"], strict=True):
+            if error:
+                geo.append(b"")
+                continue
+            tokens = self.teacher(np.asarray(frames))
+            h, w = np.asarray(frames).shape[1:3]
+            info = {"patch_grid": list(self.teacher.patch_grid(h, w)), "geo_dim": self.teacher.hidden_size,
+                    "patch_size": self.teacher.patch_size}
+            fields = encode_teacher_geo(tokens, self.token_codec)
+            geo.append(write_tar(sorted(fields.items()) + [("geo_info.json", json_bytes(info))]))
+        return {**batch, "geo": geo}
+
+
+class SemanticUDF:
+    """Ray Data actor: the semantic teacher, loaded once in ``__init__``."""
+
+    def __init__(self, path: str, cache_dir: str, dtype: str, num_gpus: float):
+        self.teacher = SemanticTeacher(path, cache_dir, dtype=dtype, num_gpus=num_gpus)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        sem = [
+            self.teacher(np.asarray(f)).astype(np.float32) if not e else np.zeros((0, 1), np.float32)
+            for f, e in zip(batch["frames"], batch["error"], strict=True)
+        ]
+        out = {k: v for k, v in batch.items() if k != "frames"}  # frames are not needed downstream
+        return {**out, "sem": sem}
+
+
+def stage_training_clip(key: str, sample_tar: bytes, geo_tar: bytes, sem: np.ndarray, error: str,
+                        out: str, teacher_info: dict[str, Any], token_codec: str) -> dict[str, Any]:
+    """Write one clip's TRAINING sample (or its quarantine record) to the staging area."""
+    scene_id = split_key(key)[0]
+    if error:
+        error_type, _, reason = error.partition("\t")
+        mf.write_quarantine_record(out, key, mf.QuarantineRecord(scene_id, key, error_type, reason))
+        return {"key": key, "status": "quarantined", "bytes": 0, "frames": 0}
+    sample = group_members(read_tar(sample_tar))[0]
+    geo_members = dict(read_tar(geo_tar))
+    info = {**teacher_info, **json.loads(geo_members.pop("geo_info.json")), "sem_dim": int(sem.shape[-1])}
+    sample.update(encode_teacher_sem(sem, info, token_codec))
+    sample.update(geo_members)
+    data = write_tar(sample_members(sample))
+    mf.put_atomic(mf.staging_uri(out, key), data)
+    return {"key": key, "status": "staged", "bytes": len(data), "frames": int(len(sem))}
+
+
+def _stage_clips(batch: dict[str, Any], out: str, teacher_info: dict, token_codec: str) -> dict[str, list]:
+    rows = [
+        stage_training_clip(k, s, g, np.asarray(m), e, out, teacher_info, token_codec)
+        for k, s, g, m, e in zip(batch["key"], batch["sample"], batch["geo"], batch["sem"], batch["error"],
+                                 strict=True)
+    ]
+    return {name: [r[name] for r in rows] for name in ("key", "status", "bytes", "frames")}
+
+
+def _pool_kwargs(pool: TeacherPoolConfig) -> dict[str, Any]:
+    import ray
+
+    return {"batch_size": pool.batch_size, "compute": ray.data.ActorPoolStrategy(size=pool.concurrency),
+            "num_gpus": pool.num_gpus, "num_cpus": pool.num_cpus}
+
+
+def run_teachers(clips: str, out: str, config: TeachersConfig, ray_address: str | None = None,
+                 progress: bool = True) -> mf.Manifest:
+    """Compute teacher targets for every clip of the CLIP manifest ``clips``; resumable and idempotent."""
+    import ray
+
+    out = out.rstrip("/")
+    clip_manifest_uri = clips if clips.endswith(".json") else mf.manifest_uri(clips)
+    clip_manifest = mf.read_manifest(clip_manifest_uri)
+    if clip_manifest.kind != "clips":
+        raise mf.ManifestError(clip_manifest_uri, f"expected a clips manifest, got kind {clip_manifest.kind!r}")
+    cfg_dict = {**config.to_dict(), "clips_manifest": clip_manifest_uri,
+                "clips_config_hash": clip_manifest.config_hash}
+    cfg_hash = config_hash({"teachers": config.hash(), "clips": clip_manifest.config_hash})
+    if storage.exists(mf.manifest_uri(out)):
+        manifest = mf.read_manifest(out)
+        if manifest.config_hash != cfg_hash:
+            raise mf.ManifestError(out, f"finished with config {manifest.config_hash}, this run has {cfg_hash}")
+        mf.remove_staging(out)
+        return manifest
+    mf.check_config(out, cfg_dict, cfg_hash)
+    started = time.perf_counter()
+    staged, quarantined = mf.list_staged(out)
+    base = posixpath.dirname(clip_manifest_uri)
+    all_keys = [k for s in clip_manifest.shards for k in s.keys]
+    work = []
+    for record, uri in zip(clip_manifest.shards, mf.shard_uris(clip_manifest, base), strict=True):
+        todo = [k for k in record.keys if k not in staged and k not in quarantined]
+        if todo:
+            work.append({"uri": uri, "todo": json.dumps(todo)})
+    rows: list[dict[str, Any]] = []
+    if work:
+        init_ray(ray_address)
+        teacher_info = {"geometry_teacher": config.geometry_teacher, "semantic_teacher": config.semantic_teacher,
+                        "clips_config_hash": clip_manifest.config_hash, "config_hash": cfg_hash}
+        geo, sem = config.geometry, config.semantic
+        ds = (
+            ray.data.from_items(work, override_num_blocks=len(work))
+            .map_batches(_read_shards, batch_size=1, num_cpus=config.read_num_cpus)
+            .map_batches(GeometryUDF, fn_constructor_kwargs={
+                "path": config.geometry_teacher, "cache_dir": config.cache_dir, "dtype": geo.dtype,
+                "num_gpus": geo.num_gpus, "token_codec": config.token_codec}, **_pool_kwargs(geo))
+            .map_batches(SemanticUDF, fn_constructor_kwargs={
+                "path": config.semantic_teacher, "cache_dir": config.cache_dir, "dtype": sem.dtype,
+                "num_gpus": sem.num_gpus}, **_pool_kwargs(sem))
+            .map_batches(_stage_clips, batch_size=8, num_cpus=config.read_num_cpus, fn_kwargs={
+                "out": out, "teacher_info": teacher_info, "token_codec": config.token_codec})
+        )
+        rows = list(ds.iter_rows())
+    staged, quarantined = mf.list_staged(out)
+    missing = sorted(set(all_keys) - set(staged) - set(quarantined))
+    if missing:
+        raise mf.ManifestError(out, f"clips neither staged nor quarantined: {missing[:10]}")
+    units = [mf.staged_unit_from_uri(split_key(k)[0], staged[k]) for k in all_keys if k in staged]
+    records = [mf.read_quarantine_record(quarantined[k]) for k in all_keys if k in quarantined]
+    stage_seconds = time.perf_counter() - started
+    manifest = mf.finalize(
+        out, "train", TRAIN_SHARD_PREFIX, cfg_dict, cfg_hash, units, records, config.target_shard_bytes,
+        summary={"clips": len(all_keys), "clips_written": len(units), "clips_quarantined": len(records),
+                 "scenes": len({u.scene_id for u in units})},
+        build=ray_shard_builder() if units and ray.is_initialized() else None, keep_staging=config.keep_staging,
+    )
+    # Timings describe this run only; they go to the printed summary, not into the (deterministic) manifest.
+    frames = sum(r["frames"] for r in rows)
+    manifest.summary.update({"seconds": round(time.perf_counter() - started, 2), "frames_this_run": frames,
+                             "frames_per_s": round(frames / stage_seconds, 2) if stage_seconds > 0 else 0.0})
+    if progress:
+        print(mf.format_summary(manifest))
+    return manifest

@@ -1,0 +1,130 @@
+"""Builders of a small synthetic split (two scenes, every task) and of its oracle predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipelines.eval.alignment import aligned_boxes_to_first_camera
+from pipelines.eval.groundtruth import (
+    GroundTruth,
+    ReconstructionTarget,
+    ReferItem,
+    boxes_from_metadata,
+    qa_items,
+    refer_items,
+    scan2cap_references,
+)
+from pipelines.eval.harness import EvalConfig
+from pipelines.eval.predictions import (
+    AnswerPrediction,
+    BoxPrediction,
+    CaptionPrediction,
+    ReconstructionPrediction,
+)
+from pipelines.scenes.types import ObjectBox, SceneMetadata
+
+S0, S1 = "scene0000_00", "scene0001_00"
+FAST = EvalConfig(meteor=False)
+
+
+def _rz90_at(t) -> np.ndarray:
+    m = np.eye(4)
+    m[:3, :3] = [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+    m[:3, 3] = t
+    return m
+
+
+def _metadata() -> list[SceneMetadata]:
+    def obj(i, label, c, s):
+        return ObjectBox(i, label, np.array(c, float), np.array(s, float))
+
+    return [
+        SceneMetadata(S0, objects=(obj(1, "chair", [1, 1, 0.5], [0.6, 0.6, 1.0]),
+                                   obj(2, "table", [3, 1, 0.4], [1.2, 0.8, 0.8]))),
+        SceneMetadata(S1, objects=(obj(1, "sink", [0, 2, 0.9], [0.5, 0.4, 0.3]),
+                                   obj(3, "door", [4, 0, 1.0], [0.1, 0.9, 2.0]))),
+    ]  # fmt: skip
+
+
+SCANREFER = [
+    {"scene_id": S0, "object_id": "1", "ann_id": "0", "description": "the brown chair next to the table.",
+     "eval_type": "unique"},
+    {"scene_id": S0, "object_id": "1", "ann_id": "1", "description": "a wooden chair by the window.",
+     "eval_type": "unique"},
+    {"scene_id": S0, "object_id": "2", "ann_id": "0", "description": "the big table in the middle of the room.",
+     "eval_type": "multiple"},
+    {"scene_id": S1, "object_id": "1", "ann_id": "0", "description": "a white sink under the mirror.",
+     "eval_type": "multiple"},
+    {"scene_id": S1, "object_id": "3", "ann_id": "0", "description": "the door on the left of the sink.",
+     "eval_type": "unique"},
+]  # fmt: skip
+
+
+def _depth() -> np.ndarray:
+    d = np.random.default_rng(1).uniform(0.5, 4.0, size=(3, 4, 5))
+    d[:, 0, 0] = 0.0  # invalid pixels
+    return d
+
+
+def _poses() -> np.ndarray:
+    return np.stack([_rz90_at([i * 0.5, 0.2 * i, 1.0]) for i in range(3)])
+
+
+def make_ground_truth() -> GroundTruth:
+    return GroundTruth(
+        scanqa=qa_items([
+            {"question_id": "val-scene0000-0", "scene_id": S0, "question": "What is next to the table?",
+             "answers": ["brown wooden chair near table", "chair"]},
+            {"question_id": "val-scene0000-1", "scene_id": S0, "question": "What is white?", "answers": ["sink"]},
+            {"question_id": "val-scene0001-0", "scene_id": S1, "question": "How many doors?", "answers": ["one door"]},
+        ]),
+        sqa3d=qa_items([
+            {"question_id": 1, "scene_id": S0, "question": "How many chairs are behind me?",
+             "answers": [{"answer": "two", "answer_id": 1}]},
+            {"question_id": 2, "scene_id": S0, "question": "Which way is the door?", "answers": [{"answer": "left"}]},
+            {"question_id": 3, "scene_id": S1, "question": "Is the sink on?", "answers": [{"answer": "no"}]},
+        ]),
+        scanrefer=refer_items(SCANREFER),
+        multi3drefer=(
+            ReferItem(S0, "10", (), "zt_w_d"),
+            ReferItem(S1, "11", (), "zt_wo_d"),
+            ReferItem(S0, "12", (1,), "st_w_d"),
+            ReferItem(S1, "13", (3,), "st_wo_d"),
+            ReferItem(S0, "14", (1, 2), "mt"),
+        ),
+        scan2cap=scan2cap_references(SCANREFER),
+        reconstruction=(ReconstructionTarget(S0, _depth(), _poses()),),
+        boxes=boxes_from_metadata(_metadata()),
+        first_camera_to_aligned={S1: _rz90_at([2.0, -1.0, 0.3])},
+    )  # fmt: skip
+
+
+def oracle(gt: GroundTruth) -> list:
+    preds: list = []
+    preds += [AnswerPrediction("scanqa", q.scene_id, q.question_id, q.answers[0] + ".") for q in gt.scanqa]
+    preds += [
+        AnswerPrediction("sqa3d", q.scene_id, q.question_id, q.answers[0].capitalize()) for q in gt.sqa3d
+    ]
+    for r in gt.scanrefer:
+        box = gt.boxes[(r.scene_id, r.object_ids[0])][None]
+        if (
+            r.scene_id == S1
+        ):  # the model's native frame: mapped back by the harness with the GT first-frame pose
+            t = gt.first_camera_to_aligned[S1]
+            box = aligned_boxes_to_first_camera(box, np.eye(4), t)
+            preds.append(
+                BoxPrediction("scanrefer", r.scene_id, r.ann_id, box, None, r.object_ids[0], "first_camera")
+            )
+        else:
+            preds.append(BoxPrediction("scanrefer", r.scene_id, r.ann_id, box, None, r.object_ids[0]))
+    for r in gt.multi3drefer:
+        boxes = np.array([gt.boxes[(r.scene_id, o)] for o in r.object_ids]).reshape(-1, 6)
+        preds.append(BoxPrediction("multi3drefer", r.scene_id, r.ann_id, boxes))
+    for scene in (S0, S1):
+        keys = [k for k in gt.scan2cap if k[0] == scene]
+        preds.append(CaptionPrediction("scan2cap", scene, np.array([gt.boxes[k] for k in keys]),
+                                       tuple(gt.scan2cap[k][0] for k in keys)))  # fmt: skip
+    t = gt.reconstruction[0]
+    preds.append(ReconstructionPrediction("reconstruction", t.scene_id, t.depth.copy(), np.linalg.inv(t.poses),
+                                          "world_to_cam"))  # fmt: skip
+    return preds

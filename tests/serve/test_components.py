@@ -1,0 +1,291 @@
+"""Fast checks of the Serve building blocks without Ray: config validation, URI allow-list, auth, byte-bounded
+cache, point-cloud geometry and PLY, encoding batching, video sampling limits and model-URI resolution."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.serve.cache import ByteLRU
+from pipelines.serve.config import AutoscalingSettings, LimitsSettings, ModelDeploymentSettings, ServeConfig
+from pipelines.serve.errors import ApiError
+from pipelines.serve.model_deployment import concat_encodings
+from pipelines.serve.model_store import resolve_model_dir
+from pipelines.serve.pointcloud import backproject, camera_centres, parse_ply, to_ply
+from pipelines.serve.security import BearerAuth, check_scene_uri
+from pipelines.serve.video_input import SamplingSpec, sample_clip, scene_id_for
+from tests.conftest import REPO_ROOT
+
+PREFIXES = ("s3://scenes/public/",)
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_roundtrip_and_serve_options():
+    cfg = ServeConfig.tiny("s3://models/vidllm", allowed_uri_prefixes=PREFIXES)
+    again = ServeConfig.from_dict(cfg.to_dict())
+    assert again == cfg
+    scaling = cfg.model.autoscaling.to_serve()
+    assert scaling["min_replicas"] == 1 and scaling["max_replicas"] == 2 and scaling["upscale_delay_s"] == 1.0
+    assert "metrics_interval_s" not in AutoscalingSettings().to_serve()
+    assert cfg.http.to_serve() == {"host": "127.0.0.1", "port": 8000, "request_timeout_s": 60.0}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"model_uri": ""}, "model_uri"),
+        ({"allowed_uri_prefixes": ("file:///data/",)}, "allowed_uri_prefixes"),
+        ({"allowed_uri_prefixes": ("s3://bucket/dir",)}, "must end with '/'"),
+        ({"device": "tpu"}, "device"),
+        ({"device": "cuda", "model": ModelDeploymentSettings(num_gpus=0.0)}, "num_gpus"),
+        ({"model": {"max_ongoing_requests": 2, "max_batch_size": 4, "num_gpus": 0.0}}, "max_batch_size"),
+        ({"limits": {"num_frames": 0}}, "limits.num_frames"),
+        ({"http": {"port": 70000}}, "http.port"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, message):
+    values = {"model_uri": "/models/x", "device": "cpu", "model": ModelDeploymentSettings(num_gpus=0.0)}
+    values.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        ServeConfig(**values)
+
+
+def test_autoscaling_bounds_and_unknown_keys():
+    with pytest.raises(ValueError, match="max_replicas"):
+        AutoscalingSettings(min_replicas=3, max_replicas=2)
+    with pytest.raises(ValueError, match="min_replicas"):
+        AutoscalingSettings(min_replicas=0)
+    with pytest.raises(ValueError, match="unknown ServeConfig keys"):
+        ServeConfig.from_dict({"model_uri": "/m", "modle": {}})
+
+
+# ---------------------------------------------------------------- security
+
+
+def test_allowed_uri_passes():
+    assert check_scene_uri("s3://scenes/public/a/scene0000_00.mp4", PREFIXES, 200) == (
+        "s3://scenes/public/a/scene0000_00.mp4"
+    )
+
+
+@pytest.mark.parametrize(
+    ("uri", "status", "error"),
+    [
+        ("file:///etc/passwd", 400, "unsupported_uri_scheme"),
+        ("FILE:///etc/passwd", 400, "unsupported_uri_scheme"),
+        ("http://169.254.169.254/latest/meta-data", 400, "unsupported_uri_scheme"),
+        ("/etc/passwd", 400, "unsupported_uri_scheme"),
+        ("../../etc/passwd", 400, "unsupported_uri_scheme"),
+        ("s3://scenes/public/../private/a.mp4", 400, "path_traversal"),
+        ("s3://scenes/public/./a.mp4", 400, "path_traversal"),
+        ("s3://scenes/public/%2E%2E/private/a.mp4", 400, "path_traversal"),
+        ("s3://scenes/public/..%2fprivate/a.mp4", 400, "path_traversal"),
+        ("s3://scenes/public/%252e%252e/a.mp4", 400, "path_traversal"),
+        ("s3://scenes/public//a.mp4", 400, "invalid_uri"),
+        ("s3://scenes/public/", 400, "invalid_uri"),
+        ("s3://scenes/public/a b.mp4", 400, "invalid_uri"),
+        ("s3://scenes/public/a\\b.mp4", 400, "invalid_uri"),
+        ("s3://scenes/publicity/a.mp4", 403, "uri_not_allowed"),
+        ("gs://scenes/public/a.mp4", 403, "uri_not_allowed"),
+        ("s3://scenes/public/" + "a" * 300, 422, "invalid_uri"),
+        (42, 422, "invalid_uri"),
+    ],
+)
+def test_refused_uris(uri, status, error):
+    with pytest.raises(ApiError) as info:
+        check_scene_uri(uri, PREFIXES, 200)
+    assert (info.value.status, info.value.error, info.value.field) == (status, error, "uri")
+
+
+def test_bearer_auth(monkeypatch):
+    assert not BearerAuth(None).enabled
+    BearerAuth(None).check(None)
+    monkeypatch.delenv("VIDLLM_UNIT_TOKEN", raising=False)
+    with pytest.raises(RuntimeError, match="VIDLLM_UNIT_TOKEN"):
+        BearerAuth("VIDLLM_UNIT_TOKEN")
+    monkeypatch.setenv("VIDLLM_UNIT_TOKEN", "abc123")
+    auth = BearerAuth("VIDLLM_UNIT_TOKEN")
+    auth.check("Bearer abc123")
+    for header in (None, "", "Bearer", "Bearer abc124", "Token abc123", "bearer abc1234"):
+        with pytest.raises(ApiError) as info:
+            auth.check(header)
+        assert info.value.status == 401 and info.value.headers == {"WWW-Authenticate": "Bearer"}
+
+
+# ---------------------------------------------------------------- cache
+
+
+def test_byte_lru_evicts_least_recent_by_bytes():
+    cache: ByteLRU[np.ndarray] = ByteLRU(capacity_bytes=1000)
+    for key in "abc":
+        assert cache.put(key, np.zeros(300, np.uint8))
+    assert cache.get("a") is not None  # a is now most recent
+    cache.put("d", np.zeros(300, np.uint8))  # evicts b
+    assert cache.get("b") is None and "a" in cache and "c" in cache and "d" in cache
+    assert cache.size_bytes == 900
+    assert not cache.put("huge", np.zeros(1001, np.uint8)) and "huge" not in cache
+    cache.put("a", np.zeros(100, np.uint8))  # refresh with a smaller value
+    assert cache.size_bytes == 700
+    stats = cache.stats()
+    assert stats["evictions"] == 1 and stats["hits"] == 1 and stats["misses"] == 1 and stats["entries"] == 3
+
+
+def test_concat_encodings_pads_scene_tokens():
+    from model import SceneEncoding
+
+    def enc(m: int, fill: float) -> SceneEncoding:
+        return SceneEncoding(
+            tokens=torch.full((1, m, 8), fill), mask=torch.ones(1, m, dtype=torch.bool),
+            centres=torch.full((1, m, 3), fill), depth=torch.ones(1, 2, 4, 4), extrinsics=torch.zeros(1, 2, 3, 4),
+            intrinsics=torch.eye(3).expand(1, 2, 3, 3), scale=torch.tensor([fill]),
+        )
+
+    batch = concat_encodings([enc(3, 1.0), enc(5, 2.0)])
+    assert batch.tokens.shape == (2, 5, 8) and batch.depth.shape == (2, 2, 4, 4)
+    assert batch.mask.tolist() == [[True] * 3 + [False] * 2, [True] * 5]
+    assert torch.equal(batch.tokens[0, 3:], torch.zeros(2, 8)) and batch.scale.tolist() == [1.0, 2.0]
+
+
+# ---------------------------------------------------------------- geometry
+
+
+def test_backproject_and_trajectory_known_geometry():
+    k = np.array([[2.0, 0, 1.5], [0, 2.0, 1.5], [0, 0, 1]])
+    depth = np.full((2, 4, 4), 2.0)
+    depth[1, 0, 0] = 0.0  # invalid pixel
+    ext = np.zeros((2, 3, 4))
+    ext[:, :, :3] = np.eye(3)
+    ext[1, :, 3] = [-1.0, 0.0, 0.0]  # second camera centre at x = +1 m
+    frames = np.zeros((2, 8, 8, 3), np.uint8)
+    frames[1] = 200
+    xyz, rgb = backproject(depth, ext, np.stack([k, k]), frames, max_points=100)
+    assert xyz.shape == (31, 3) and rgb.shape == (31, 3)
+    assert np.allclose(xyz[:, 2], 2.0)
+    first = xyz[:16]
+    assert np.allclose(first[0], [(0 - 1.5) / 2 * 2, (0 - 1.5) / 2 * 2, 2.0])
+    assert np.allclose(xyz[16:, 0] - 1.0, np.delete(first[:, 0], 0))  # shifted by the camera offset
+    assert (rgb[:16] == 0).all() and (rgb[16:] == 200).all()
+    assert np.allclose(camera_centres(ext), [[0, 0, 0], [1, 0, 0]])
+    capped, _ = backproject(depth, ext, np.stack([k, k]), frames, max_points=10)
+    assert capped.shape == (10, 3)
+
+
+def test_ply_roundtrip_and_truncation():
+    xyz = np.random.default_rng(0).normal(size=(7, 3)).astype(np.float32)
+    rgb = np.arange(21, dtype=np.uint8).reshape(7, 3)
+    data = to_ply(xyz, rgb)
+    assert b"element vertex 7\n" in data and b"binary_little_endian" in data
+    back_xyz, back_rgb = parse_ply(data)
+    assert np.array_equal(back_xyz, xyz) and np.array_equal(back_rgb, rgb)
+    with pytest.raises(ValueError, match="expected 7 vertices"):
+        parse_ply(data[:-1])
+
+
+# ---------------------------------------------------------------- video
+
+
+def test_sample_clip_and_limits(clips):
+    spec = SamplingSpec(num_frames=4, height=28, width=28)
+    limits = LimitsSettings(max_upload_bytes=300_000, max_duration_s=5.0, max_source_frames=100)
+    clip = sample_clip(clips["ok"], spec, limits)
+    assert clip.frames.shape == (4, 28, 28, 3) and clip.frames.dtype == np.uint8
+    assert clip.num_source_frames == 12 and abs(clip.duration_s - 1.0) < 0.1
+    assert scene_id_for(clips["ok"], spec) != scene_id_for(clips["ok"], SamplingSpec(8, 28, 28))
+    assert scene_id_for(clips["ok"], spec) == scene_id_for(bytes(clips["ok"]), spec)
+    for data, status, error in (
+        (b"", 400, "empty_video"),
+        (b"GIF89a not a video", 422, "invalid_video"),
+        (clips["ok"][: len(clips["ok"]) // 2], 422, "invalid_video"),
+        (clips["long"], 422, "video_too_long"),
+        (clips["many"], 422, "video_too_long"),
+        (b"\0" * 300_001, 413, "video_too_large"),
+    ):
+        with pytest.raises(ApiError) as info:
+            sample_clip(data, spec, limits)
+        assert (info.value.status, info.value.error, info.value.field) == (status, error, "video")
+
+
+# ---------------------------------------------------------------- model URIs
+
+
+def test_resolve_local_and_missing(tiny_checkpoint, tmp_path):
+    assert resolve_model_dir(str(tiny_checkpoint)) == tiny_checkpoint.resolve()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_model_dir(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        resolve_model_dir(str(tmp_path / "empty"))
+
+
+def test_resolve_s3_downloads_once(tiny_checkpoint, s3_bucket, tmp_path):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    uri = f"{s3_bucket}/exports/tiny"
+    fs.put(str(tiny_checkpoint) + "/", uri + "/", recursive=True)
+    local = resolve_model_dir(uri, str(tmp_path / "cache"))
+    assert sorted(p.name for p in local.iterdir()) == sorted(p.name for p in tiny_checkpoint.iterdir())
+    assert (local / "model.safetensors").read_bytes() == (tiny_checkpoint / "model.safetensors").read_bytes()
+    fs.rm(uri, recursive=True)  # a second resolve is served from the completed local copy
+    assert resolve_model_dir(uri, str(tmp_path / "cache")) == local
+    with pytest.raises(FileNotFoundError):
+        resolve_model_dir(f"{s3_bucket}/exports/missing", str(tmp_path / "cache"))
+
+
+@pytest.mark.slow
+def test_resolve_mlflow_model_version(tiny_checkpoint, tmp_path, monkeypatch):
+    import mlflow
+
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)  # what the replicas read; no global MLflow state is set
+    client = mlflow.MlflowClient(tracking_uri=tracking)
+    exp = client.create_experiment("serve-export", artifact_location=(tmp_path / "artifacts").as_uri())
+    run = client.create_run(exp)
+    client.log_artifacts(run.info.run_id, str(tiny_checkpoint), artifact_path="export/checkpoint")
+    client.set_terminated(run.info.run_id)
+    client.create_registered_model("vidllm-tiny")
+    client.create_model_version("vidllm-tiny", source=f"{run.info.artifact_uri}/export", run_id=run.info.run_id)
+    local = resolve_model_dir("models:/vidllm-tiny/1", str(tmp_path / "cache"))
+    assert local.name == "checkpoint" and (local / "config.json").is_file()
+    assert (local / "model.safetensors").read_bytes() == (tiny_checkpoint / "model.safetensors").read_bytes()
+
+
+# ---------------------------------------------------------------- config files and CLI
+
+
+def test_shipped_serve_config_file_is_valid():
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from pipelines.serve.app import app_builder
+
+    data = yaml.safe_load((REPO_ROOT / "pipelines/serve/serve_config.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(data)
+    assert schema.applications[0].import_path == "pipelines.serve.app:app_builder"
+    cfg = ServeConfig.from_dict(data["applications"][0]["args"])
+    assert cfg.http.to_serve() == data["http_options"]
+    assert type(app_builder(data["applications"][0]["args"])).__name__ == "Application"
+
+
+def test_cli_export_matches_flags(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    out = tmp_path / "serve.yaml"
+    subprocess.run(
+        [sys.executable, "-m", "pipelines.serve", "--model", "s3://models/vidllm/v7", "--preset", "tiny",
+         "--allowed-prefix", "s3://scenes/a/", "--allowed-prefix", "s3://scenes/b/", "--max-replicas", "3",
+         "--port", "8123", "--export-serve-config", str(out)],
+        check=True, cwd=REPO_ROOT, timeout=120, capture_output=True,
+    )
+    data = yaml.safe_load(out.read_text())
+    args = data["applications"][0]["args"]
+    cfg = ServeConfig.from_dict(args)
+    assert cfg.model_uri == "s3://models/vidllm/v7" and cfg.device == "cpu"
+    assert cfg.allowed_uri_prefixes == ("s3://scenes/a/", "s3://scenes/b/")
+    assert cfg.model.autoscaling.max_replicas == 3 and data["http_options"]["port"] == 8123
