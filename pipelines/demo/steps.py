@@ -25,10 +25,8 @@ EXPERIMENT = "vidllm-demo"
 EVAL_EXPERIMENT = "vidllm-demo-eval"
 #: The synthetic generator puts every ``val_every``-th scene starting at index 1 in val: scene 1 is the val scene.
 VAL_SCENE = "scene0001_00"
-#: Stage-2 language tasks of the demo. Grounding is left out: the training collator fails on the zero-target
-#: Multi3DRefer descriptions the synthetic scenes carry (an empty target list becomes a ``(0,)`` array, not
-#: ``(0, 6)``, in ``pipelines/train/data.py``); the box head is still served and answers grounding queries.
-STAGE2_TASK_MIX = {"qa": 1.0, "caption": 1.0}
+#: Stage-2 language tasks of the demo: all three, as in the paper's joint stage.
+STAGE2_TASK_MIX = {"qa": 1.0, "caption": 1.0, "grounding": 1.0}
 
 
 def read_state(paths: DemoPaths) -> dict[str, Any]:

@@ -183,8 +183,10 @@ def language_candidates(sample: TrainingSample) -> dict[str, list[LanguageExampl
                 if len(targets) != len(obj_ids):
                     continue  # an object outside this clip's box list: no target to supervise
                 text = str(e["description"])
+                # reshape: a zero-target Multi3DRefer query must still give a [0, 6] box array
+                boxes = np.array(targets, np.float32).reshape(-1, 6)
                 out["grounding"].append(LanguageExample("grounding", grounding_prompt(text),
-                                                        grounding_answer(targets), np.array(targets, np.float32)))
+                                                        grounding_answer(targets), boxes))
                 if "object_id" in e and len(targets) == 1:
                     out["caption"].append(LanguageExample("caption", caption_prompt(targets[0]), text, None))
     return out

@@ -120,3 +120,23 @@ def test_task_mix_draws_each_task(train_manifest, tokenizer):
     assert 0 < n_ground < 16
     again = Collator(cfg, stage=2, tokenizer=tokenizer)(raw)
     assert torch.equal(again.input_ids, batch.input_ids)  # seeded by (seed, epoch, key): deterministic
+
+
+def test_zero_target_grounding_collates_to_an_empty_box_row(train_manifest, tokenizer):
+    """Multi3DRefer's zero-target queries ("there is no such object") are grounding examples with no boxes."""
+    import dataclasses
+
+    from pipelines.schema import decode_training_sample
+
+    raw = _raw(train_manifest, 2)
+    sample = decode_training_sample(raw[0])
+    zero_target = {"scene_id": sample.key.split("-")[0], "object_ids": [], "object_name": "piano",
+                   "ann_id": 0, "description": "the piano next to the door.", "eval_type": "zt_wo_d"}
+    sample = dataclasses.replace(sample, annotations={"multi3drefer": [zero_target]})
+    (example,) = language_candidates(sample)["grounding"]
+    assert example.boxes.shape == (0, 6)
+    cfg = DataConfig(task_mix={"grounding": 1.0}, max_text_tokens=64)
+    collator = Collator(cfg, stage=2, tokenizer=tokenizer)
+    batch = collator._language([sample])
+    assert batch["boxes"].shape[0] == 1 and not batch["box_mask"].any()
+    assert (batch["labels"] != -100).any()
