@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         "submit",
         help="submit a stage to a Ray cluster as a Ray job",
         description="Submit `python -m pipelines.<job> ARGS` to a Ray cluster through the Ray Jobs SDK. "
-        "Arguments after `--` go to the job.",
+        "Arguments after `--` go to the job: vidllm submit JOB --address URL [options] -- JOB_ARGS",
     )
     submit.add_argument("job", choices=[s for s in STAGES if s != "demo"], help="the stage to run")
     submit.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://head-node:8265")
@@ -62,7 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="job env var (repeatable)")
     submit.add_argument("--submission-id", default=None, help="idempotency key for the job (default: generated)")
     submit.add_argument("--no-wait", action="store_true", help="return after submitting instead of following logs")
-    submit.add_argument("job_args", nargs=argparse.REMAINDER, help="arguments for the job, after `--`")
     return parser
 
 
@@ -71,10 +70,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     if argv and argv[0] in STAGES:
         return _run_stage(STAGES[argv[0]][0], argv[1:])
+    # Everything after `--` belongs to the job: split it off before parsing so job flags never clash with ours.
+    job_args: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, job_args = argv[:cut], argv[cut + 1 :]
     args = parser.parse_args(argv)
     from pipelines.submit import submit_job
 
-    job_args = args.job_args[1:] if args.job_args[:1] == ["--"] else args.job_args
     return submit_job(
         job=args.job,
         module=STAGES[args.job][0],
