@@ -47,7 +47,8 @@ class TeachersConfig:
         semantic: actor pool of the semantic teacher.
         token_codec: storage of geometry patch tokens, ``fp16`` (default; see :mod:`pipelines.schema`) or ``int8``.
         target_shard_bytes: a training shard is closed before it would exceed this (a scene is never split).
-        cache_dir: local directory where teacher folders on object storage are downloaded (per node).
+        cache_dir: local directory where teacher folders on object storage are downloaded (per node); empty =
+            ``vidllm-teacher-cache`` in the node's temporary directory.
         read_num_cpus: CPUs of each clip-reading task.
         keep_staging: keep ``<out>/_staging`` after the manifest is written.
     """
@@ -58,7 +59,7 @@ class TeachersConfig:
     semantic: TeacherPoolConfig = TeacherPoolConfig()
     token_codec: str = "fp16"
     target_shard_bytes: int = 1024**3
-    cache_dir: str = "/tmp/vidllm-teacher-cache"
+    cache_dir: str = ""
     read_num_cpus: float = 1.0
     keep_staging: bool = False
 

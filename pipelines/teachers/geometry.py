@@ -10,6 +10,7 @@ import hashlib
 import os
 import posixpath
 import shutil
+import tempfile
 import uuid
 
 import numpy as np
@@ -30,6 +31,7 @@ def resolve_pretrained(uri: str, cache_dir: str) -> str:
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{uri}: teacher model folder does not exist")
         return path
+    cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "vidllm-teacher-cache")
     target = os.path.join(cache_dir, hashlib.sha256(uri.encode()).hexdigest()[:16])
     if os.path.isdir(target):
         return target
