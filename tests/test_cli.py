@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,23 @@ def test_job_entrypoint_and_runtime_env():
         parse_env(["NOVALUE"])
 
 
+def _wait_for_job_agent(address: str, timeout_s: float) -> None:
+    """The dashboard answers before the node's job agent has registered ("No available agent to submit job"):
+    submit a no-op job until one is accepted."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.submit_job(entrypoint="true")
+            return
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 @pytest.fixture
 def jobs_cluster(tmp_path):
     """A separate local Ray cluster with its dashboard (the Jobs API) on 127.0.0.1, owned by a child process.
@@ -62,6 +80,7 @@ def jobs_cluster(tmp_path):
     address = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{address}/api/version", timeout_s=120)
+        _wait_for_job_agent(address, timeout_s=120)
         yield address
     finally:
         proc.stdin.close()
