@@ -1,7 +1,8 @@
 """The `vidllm` command: every subcommand's --help, and how `submit` builds a Ray job.
 
-A real submission needs a Ray cluster with its dashboard's job agent; a second local cluster started inside the test
-session cannot start its agent while the session's own cluster holds the agent port, so that path is not run here.
+A real submission needs a Ray cluster with its dashboard's job agent. A second local cluster started beside the test
+session's own one never got a job agent (its Jobs API answered "No available agent to submit job" for 120 s), so
+that path is not run in the suite.
 """
 
 from __future__ import annotations
