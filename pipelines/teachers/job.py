@@ -17,10 +17,12 @@ A clip whose stored fields cannot be decoded is quarantined; model/runtime error
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import posixpath
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -49,25 +51,23 @@ from pipelines.teachers.semantic import SemanticTeacher
 log = logging.getLogger(__name__)
 
 
-def _read_shards(batch: dict[str, np.ndarray]) -> dict[str, list]:
-    rows: dict[str, list] = {"key": [], "scene_id": [], "sample": [], "frames": [], "error": []}
+def _read_shards(batch: dict[str, np.ndarray]) -> Iterator[dict[str, list]]:
+    """Stream the to-do clips of each CLIP shard, one clip per output batch (so teachers start on the first)."""
     for uri, todo_json in zip(batch["uri"], batch["todo"], strict=True):
         todo = set(json.loads(todo_json))
-        for sample in group_members(read_tar(storage.read_bytes(uri), uri)):
-            key = sample["__key__"]
+        for sample in mf.webdataset_pipeline([uri]):
+            key = sample.pop("__key__")
+            sample.pop("__url__", None)
             if key not in todo:
                 continue
+            sample["__key__"] = key
             try:
                 frames = decode_frames(sample, key)
                 error = ""
             except SchemaError as err:
                 frames, error = np.zeros((0, 1, 1, 3), np.uint8), f"{type(err).__name__}\t{err}"
-            rows["key"].append(key)
-            rows["scene_id"].append(split_key(key)[0])
-            rows["sample"].append(write_tar(sample_members(sample)))
-            rows["frames"].append(frames)
-            rows["error"].append(error)
-    return rows
+            yield {"key": [key], "scene_id": [split_key(key)[0]], "sample": [write_tar(sample_members(sample))],
+                   "frames": [frames], "error": [error]}
 
 
 class GeometryUDF:
@@ -141,6 +141,26 @@ def _pool_kwargs(pool: TeacherPoolConfig) -> dict[str, Any]:
             "num_gpus": pool.num_gpus, "num_cpus": pool.num_cpus}
 
 
+@contextlib.contextmanager
+def _one_clip_per_block() -> Iterator[None]:
+    """Datasets created inside cut every batch into one-row (one-clip) blocks.
+
+    Ray Data packs a task's outputs into blocks of up to ``target_max_block_size`` (128 MiB): all clips of a shard
+    would travel as one block, and the geometry pool, the semantic pool and the writers would run one after the
+    other instead of side by side. A block per clip lets each stage hand a clip on as soon as it is done, so the
+    stages overlap. The setting is sealed into the dataset when it is created, so it is restored right after.
+    """
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    saved = context.target_max_block_size
+    context.target_max_block_size = 1  # bytes: any batch is "full", and blocks are sliced down to single rows
+    try:
+        yield
+    finally:
+        context.target_max_block_size = saved
+
+
 def run_teachers(clips: str, out: str, config: TeachersConfig, ray_address: str | None = None,
                  progress: bool = True) -> mf.Manifest:
     """Compute teacher targets for every clip of the CLIP manifest ``clips``; resumable and idempotent."""
@@ -176,8 +196,10 @@ def run_teachers(clips: str, out: str, config: TeachersConfig, ray_address: str 
         teacher_info = {"geometry_teacher": config.geometry_teacher, "semantic_teacher": config.semantic_teacher,
                         "clips_config_hash": clip_manifest.config_hash, "config_hash": cfg_hash}
         geo, sem = config.geometry, config.semantic
+        with _one_clip_per_block():
+            ds = ray.data.from_items(work, override_num_blocks=len(work))
         ds = (
-            ray.data.from_items(work, override_num_blocks=len(work))
+            ds
             .map_batches(_read_shards, batch_size=1, num_cpus=config.read_num_cpus)
             .map_batches(GeometryUDF, fn_constructor_kwargs={
                 "path": config.geometry_teacher, "cache_dir": config.cache_dir, "dtype": geo.dtype,

@@ -130,3 +130,31 @@ def test_teachers_job_s3_int8_resumes_byte_identical(clips_run, tiny_teachers, r
     assert [(r.name, r.sha256) for r in resumed.shards] == [(r.name, r.sha256) for r in manifest.shards]
     data = storage.read_bytes(storage.join(out, first.name))
     assert hashlib.sha256(data).hexdigest() == first.sha256
+
+
+def test_shard_reader_streams_one_clip_per_batch_and_only_the_todo_ones(clips_run):
+    import json
+
+    from pipelines.teachers.job import _read_shards
+
+    clips_out, manifest, clips = clips_run
+    uris = mf.shard_uris(manifest, clips_out)
+    keys = [k for record in manifest.shards for k in record.keys]
+    todo = keys[1:]
+    batches = [b for uri in uris for b in _read_shards({"uri": [uri], "todo": [json.dumps(todo)]})]
+    assert [b["key"] for b in batches] == [[k] for k in todo]
+    for batch in batches:
+        np.testing.assert_array_equal(batch["frames"][0], clips[batch["key"][0]].frames)
+        assert batch["error"] == [""] and batch["scene_id"][0] == clips[batch["key"][0]].meta["scene_id"]
+
+
+def test_teacher_datasets_get_one_clip_blocks_and_the_context_is_restored(ray_session):
+    from pipelines.teachers.job import _one_clip_per_block
+
+    context = ray_session.data.DataContext.get_current()
+    before = context.target_max_block_size
+    with _one_clip_per_block():
+        ds = ray_session.data.from_items([{"i": 0}])
+    assert context.target_max_block_size == before
+    rows = ds.map_batches(lambda b: {"x": np.arange(6)}, batch_size=1)
+    assert [len(b["x"]) for b in rows.iter_batches(batch_size=None)] == [1] * 6
