@@ -1,6 +1,6 @@
 """Benchmark: Ray Train + DeepSpeed step time vs a plain PyTorch loop, and 2 workers vs 1.
 
-All three runs train the same model (tiny preset by default) on the same synthetic shards with the same micro-batch,
+All three runs train the same model on the same synthetic shards with the same micro-batch,
 reading and collating batches through the same code (:mod:`pipelines.train.data`), so a step is equal work:
 
 * ``plain``: one process with the worker's thread count (1), ``torch.optim.AdamW`` on the trainable parameters, gradient clipping 1.0, no DeepSpeed,
@@ -12,13 +12,19 @@ reading and collating batches through the same code (:mod:`pipelines.train.data`
 
 The first ``--warmup`` steps of each run are excluded. Medians are reported (the CI machine is shared).
 
-Run: ``python bench/bench_train.py [--steps 30 --workdir /tmp/vidllm-bench-train]``. Ends with
+``--model small`` (default) is the ``small`` Vid-LLM (DINOv2-S encoder, SmolLM2-135M-shaped LM) at
+``--image-size`` pixels, whose step is dominated by compute as on a real cluster; ``--model tiny`` is the test
+preset, whose ~10 ms step is mostly Python and framework overhead (it shows DeepSpeed's fixed per-step cost).
+The shards are written to match the model (frame size, teacher dimensions).
+
+Run: ``python bench/bench_train.py [--model small --steps 20 --workdir /tmp/vidllm-bench-train]``. Ends with
 ``RESULT <name> <value> <unit> target <op> <value>`` lines.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -84,9 +90,13 @@ def ray_run(cfg) -> tuple[list[dict], float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=30, help="measured steps per run (after warm-up)")
-    parser.add_argument("--warmup", type=int, default=3, help="steps excluded at the start of each run")
-    parser.add_argument("--clips", type=int, default=64, help="synthetic clips")
+    parser.add_argument("--model", choices=("small", "tiny"), default="small",
+                        help="model preset (small: compute-bound step; tiny: the test preset)")
+    parser.add_argument("--image-size", type=int, default=224, help="frame size of the small model (multiple of 14)")
+    parser.add_argument("--frames", type=int, default=8, help="frames per clip")
+    parser.add_argument("--steps", type=int, default=8, help="measured steps per run (after warm-up)")
+    parser.add_argument("--warmup", type=int, default=2, help="steps excluded at the start of each run")
+    parser.add_argument("--clips", type=int, default=16, help="synthetic clips")
     parser.add_argument("--workdir", default="/tmp/vidllm-bench-train")
     args = parser.parse_args()
 
@@ -95,11 +105,25 @@ def main() -> int:
         os.environ.setdefault(key, value)
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
-    manifest = write_synthetic_shards(str(work / "shards"), num_clips=args.clips, num_shards=8)
+    from model import VidLLMConfig
+
+    model = VidLLMConfig.tiny() if args.model == "tiny" else VidLLMConfig.small()
+    if args.model == "small":
+        model.encoder.dinov2["image_size"] = args.image_size
+        # No SmolLM2 tokenizer offline: the built-in word tokenizer's special ids, same LM shape and vocab size.
+        tiny_llm = VidLLMConfig.tiny().llm
+        for name in ("scene_token_id", "loc_token_id", "pad_token_id", "bos_token_id", "eos_token_id"):
+            setattr(model.llm, name, getattr(tiny_llm, name))
+    size = int(model.encoder.dinov2["image_size"])
+    manifest = write_synthetic_shards(
+        str(work / "shards"), num_clips=args.clips, num_shards=8, frames=args.frames, size=size,
+        patch=int(model.encoder.dinov2["patch_size"]), geo_dim=model.distill.teacher_geo_dim,
+        sem_dim=model.distill.teacher_sem_dim)
     total = args.steps + args.warmup
+    print(f"model {args.model}: {size} px, {args.frames} frames per clip", flush=True)
 
     def config(name: str, workers: int):
-        return resolve_config("tiny", [
+        return resolve_config("tiny", [f"model={json.dumps(model.to_dict())}",
             f"data.manifest_uri={manifest}", f"run.storage_path={work / 'ray'}", f"run.output_dir={work / name}",
             f"run.name={name}", f"run.num_workers={workers}", f"schedule.max_steps={total}",
             f"schedule.checkpoint_every={total}", "schedule.log_every=10", "optim.warmup_steps=2"], stage=1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -375,6 +376,18 @@ def tiny(stage: int = 1) -> TrainConfig:
 PRESETS = {"stage1": stage1, "stage2": stage2, "tiny": tiny}
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-4`` as a float (YAML 1.2 rule; PyYAML's 1.1 rule needs a dot)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"a.b=value"`` -> (``["a", "b"]``, value parsed as YAML, so ``3``, ``1e-4``, ``true``, ``[1, 2]`` work)."""
     if "=" not in text:
@@ -383,7 +396,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise ConfigError(f"override {text!r}: empty key")
-    return parts, yaml.safe_load(raw) if raw.strip() else ""
+    return parts, load_yaml(raw) if raw.strip() else ""
 
 
 def apply_overrides(tree: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -416,7 +429,7 @@ def resolve_config(source: str, overrides: Sequence[str] = (), stage: int | None
             raise ConfigError(f"config {source!r}: neither a preset ({sorted(PRESETS)}) nor an existing file")
         text = path.read_text()
         try:
-            tree = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            tree = json.loads(text) if path.suffix == ".json" else load_yaml(text)
         except (json.JSONDecodeError, yaml.YAMLError) as err:
             raise ConfigError(f"config file {source}: cannot parse: {err}") from err
         if not isinstance(tree, dict):

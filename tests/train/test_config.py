@@ -79,3 +79,11 @@ def test_deepspeed_config_from_train_config():
     auto = resolve_config("tiny", ["deepspeed.precision=auto"], stage=1)
     assert build_deepspeed_config(auto, 8, on_gpu=True)["bf16"]["enabled"] is True
     assert build_deepspeed_config(auto, 8, on_gpu=False)["bf16"]["enabled"] is False
+
+
+def test_override_values_read_exponent_floats_as_numbers():
+    tree = apply_overrides({}, ["model.llm.arch.rms_norm_eps=1e-05", "optim.lr=3E-4", "run.name=1e5x", "a=[1e-3, 2]"])
+    assert tree["model"]["llm"]["arch"]["rms_norm_eps"] == pytest.approx(1e-5)
+    assert isinstance(tree["model"]["llm"]["arch"]["rms_norm_eps"], float)
+    assert tree["optim"]["lr"] == pytest.approx(3e-4) and tree["run"]["name"] == "1e5x"
+    assert tree["a"] == [pytest.approx(1e-3), 2]
