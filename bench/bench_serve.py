@@ -11,13 +11,20 @@ temp dir with save_pretrained) or ``--model URI``, and prints ``RESULT <name> <v
 * ``batching_throughput_gain``: answers/s at concurrency 8 with ``max_batch_size=8`` over ``max_batch_size=1``
   (answers of ``--throughput-new-tokens`` tokens).
 
+``--ingress haproxy`` (default) runs Serve the way our cluster manifests do: ``RAY_SERVE_ENABLE_HA_PROXY=1`` (HAProxy
+instead of Serve's Python HTTP proxy; needs the ``haproxy`` binary: ``apt-get install -y haproxy``) and
+``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (gRPC between deployments, user code on the replica's main loop).
+``--ingress python`` measures Serve's default Python proxy instead.
+
 Example: ``python bench/bench_serve.py --requests 60 --seconds 15``
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import shutil
 import socket
 import statistics
 import tempfile
@@ -32,6 +39,10 @@ from pipelines.serve.config import AutoscalingSettings, ModelDeploymentSettings,
 from pipelines.serve.video_input import SamplingSpec, sample_clip
 
 QUESTION = "what is on the table next to the chair?"
+INGRESS_MODES = {
+    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    "python": {},
+}
 
 
 def result(name: str, value: float, unit: str, op: str, target: float) -> None:
@@ -199,6 +210,32 @@ def throughput(url: str, sid: str, seconds: float, concurrency: int) -> float:
     return done / elapsed
 
 
+class HandleLoop:
+    """An event loop on a background thread for deployment-handle calls from this (synchronous) script.
+
+    Throughput-optimized Serve runs a handle's router on the caller's event loop, so handles must be used inside a
+    running loop; one long-lived loop also keeps the handles' long-poll clients alive until the end.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def replica_stats(self, app_name: str) -> dict:
+        """The model replica's ``stats()`` (cache statistics and recent batch sizes)."""
+        from ray import serve
+
+        async def fetch() -> dict:
+            return await serve.get_deployment_handle("VidLLMModel", app_name=app_name).stats.remote()
+
+        return asyncio.run_coroutine_threadsafe(fetch(), self.loop).result(timeout=60)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="checkpoint URI (default: a tiny random Vid-LLM exported to a temp dir)")
@@ -212,9 +249,16 @@ def main() -> None:
     p.add_argument("--throughput-new-tokens", type=int, default=96, help="answer length in the throughput runs")
     p.add_argument("--num-frames", type=int, default=16)
     p.add_argument("--image-size", type=int, default=112, help="frame size of the tiny model (pixels, multiple of 14)")
+    p.add_argument("--ingress", choices=INGRESS_MODES, default="haproxy",
+                   help="HTTP ingress of Serve: haproxy (as deployed; needs the haproxy binary) or python (Serve default)")
     args = p.parse_args()
-    for key, value in {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
+    if args.ingress == "haproxy" and shutil.which("haproxy") is None:
+        p.error("--ingress haproxy needs the haproxy binary (apt-get install -y haproxy), or use --ingress python")
+    # Read by Ray Serve when its modules are imported, in this process and in every Ray process it starts.
+    for key, value in {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                       **INGRESS_MODES[args.ingress]}.items():
         os.environ.setdefault(key, value)
+    print(f"ingress: {args.ingress} {INGRESS_MODES[args.ingress]}", flush=True)
 
     import ray
     import requests
@@ -228,6 +272,7 @@ def main() -> None:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 120})
         base = f"http://127.0.0.1:{port}"
+        handles = HandleLoop()
         try:
             # Overhead on the unbatched app: a lone request then pays no batch_wait_timeout_s by construction.
             url = deploy("unbatched", app_config(model, 1, args.max_new_tokens, args.num_frames), base)
@@ -247,13 +292,14 @@ def main() -> None:
                 r = requests.post(f"{url}/v1/scenes", files={"video": ("s.mp4", clip, "video/mp4")}, timeout=120)
                 assert r.status_code == 200, r.text
                 gains[name] = throughput(url, sid, args.seconds, args.concurrency)
-                stats = serve.get_deployment_handle("VidLLMModel", app_name=name).stats.remote().result()
+                stats = handles.replica_stats(name)
                 result(f"{name}_mean_batch_size", float(np.mean(stats["batch_sizes"])), "requests", ">=", 0)
                 result(f"{name}_throughput", gains[name], "req/s", ">=", 0)
                 serve.delete(name)
             result("batching_throughput_gain", gains["tp_batched"] / gains["tp_unbatched"], "x", ">=", 2)
         finally:
             serve.shutdown()
+            handles.close()
             ray.shutdown()
 
 

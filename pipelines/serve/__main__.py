@@ -9,6 +9,9 @@ Examples:
     MLFLOW_TRACKING_URI=http://mlflow:5000 python -m pipelines.serve --model models:/vidllm/7 \\
         --ray-address auto --allowed-prefix s3://scenes/uploads/ --auth-token-env VIDLLM_API_TOKEN
 
+    # Local Ray with Serve's HAProxy ingress, as the cluster manifests run it (needs the haproxy binary)
+    python -m pipelines.serve --model /tmp/vidllm-tiny --preset tiny --ingress haproxy
+
     # Write the equivalent Serve config file (for `serve run` or a KubeRay RayService serveConfigV2) and exit
     python -m pipelines.serve --model s3://models/vidllm/v7 --export-serve-config serve_config.yaml
 
@@ -20,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,12 @@ import yaml
 from pipelines.serve.config import ServeConfig
 
 logger = logging.getLogger("pipelines.serve")
+
+# Ray Serve reads these when it starts (in every Ray process), so they select the ingress of a Ray started here.
+INGRESS_MODES: dict[str, dict[str, str]] = {
+    "python": {},
+    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,6 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-cache-dir", help="where remote checkpoints are downloaded (default: system temp dir)")
     p.add_argument("--run-dir", type=Path, default=Path("serve_run"), help="where the resolved config is written")
     p.add_argument("--ray-address", help="Ray cluster address ('auto' to join a running cluster; default: local)")
+    p.add_argument("--ingress", choices=sorted(INGRESS_MODES), default="python",
+                   help="HTTP ingress of the local Ray this command starts: 'python' (Serve's proxy) or 'haproxy' "
+                        "(Serve's high-throughput mode, as in infra/k8s/rayservice.yaml; needs the haproxy binary). "
+                        "A cluster joined with --ray-address keeps the mode it was started with")
     p.add_argument("--export-serve-config", type=Path, metavar="PATH",
                    help="write a Serve config file (serve run / RayService) for this configuration and exit")
     return p.parse_args(argv)
@@ -121,6 +136,13 @@ def main(argv: list[str] | None = None) -> None:
         args.export_serve_config.write_text(yaml.safe_dump(serve_config_file(cfg), sort_keys=False))
         logger.info("wrote %s", args.export_serve_config)
         return
+    if args.ingress != "python":
+        if args.ray_address:
+            raise SystemExit(f"--ingress {args.ingress} applies to a Ray started by this command; a cluster joined "
+                             "with --ray-address uses the mode it was started with (see infra/k8s/rayservice.yaml)")
+        if shutil.which("haproxy") is None:
+            raise SystemExit("--ingress haproxy needs the haproxy binary on PATH (apt-get install -y haproxy)")
+        os.environ.update(INGRESS_MODES[args.ingress])
     args.run_dir.mkdir(parents=True, exist_ok=True)
     (args.run_dir / "serve_config.resolved.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     logger.info("resolved config: %s", json.dumps(cfg.to_dict()))
