@@ -22,12 +22,13 @@ import posixpath
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
-import webdataset as wds
+from typing import TYPE_CHECKING, Any
 
 from pipelines import storage
 from pipelines.schema import SCHEMA_VERSION, read_tar, write_tar
+
+if TYPE_CHECKING:
+    import webdataset as wds
 
 MANIFEST_NAME = "manifest.json"
 CONFIG_NAME = "config.json"
@@ -151,6 +152,10 @@ def _open_streams(uris: Sequence[str]) -> Iterator[dict[str, Any]]:
 
 def webdataset_pipeline(uris: Sequence[str]) -> wds.DataPipeline:
     """A ``webdataset`` pipeline yielding raw sample dicts (``__key__``, ``__url__``, ext -> bytes)."""
+    # Imported here: webdataset imports torch (~1 s of CPU), and the Ray tasks that only stage, pack or list
+    # shards through this module often start in fresh worker processes.
+    import webdataset as wds
+
     return wds.DataPipeline(
         lambda: _open_streams(list(uris)), wds.tariterators.tar_file_expander, wds.tariterators.group_by_keys
     )

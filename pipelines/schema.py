@@ -75,9 +75,9 @@ import json
 import re
 import tarfile
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image
@@ -386,6 +386,30 @@ def read_tar(data: bytes, where: str = "tar") -> list[tuple[str, bytes]]:
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
+    except tarfile.TarError as err:
+        raise SchemaError(where, f"not a readable tar ({err})") from err
+
+
+def iter_tar_samples(stream: IO[bytes], where: str = "tar") -> Iterator[dict[str, Any]]:
+    """Sample dicts of a tar read front to back from a file object, one sample in memory at a time.
+
+    Same grouping as :func:`group_members` (the WebDataset rule); for shards too large to hold in memory.
+    """
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            sample: dict[str, Any] | None = None
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.partition(".")
+                if sample is not None and sample["__key__"] != key:
+                    yield sample
+                    sample = None
+                if sample is None:
+                    sample = {"__key__": key}
+                sample[ext] = tar.extractfile(member).read()
+            if sample is not None:
+                yield sample
     except tarfile.TarError as err:
         raise SchemaError(where, f"not a readable tar ({err})") from err
 

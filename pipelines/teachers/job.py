@@ -13,6 +13,9 @@ Then the shared deterministic packing (:mod:`pipelines.manifest`) writes ``train
 order and the manifest last. Each model call sees exactly one clip's frames, so a clip's outputs do not depend on
 which clips Ray happened to batch together, and a resumed run reproduces the same bytes on the same hardware.
 A clip whose stored fields cannot be decoded is quarantined; model/runtime errors fail the job.
+
+The teacher modules (torch, transformers) are imported inside the actors only: the reading and writing tasks often
+start in fresh Ray worker processes, and an import of torch there costs about a second of CPU per start.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from pipelines.schema import (
     encode_teacher_geo,
     encode_teacher_sem,
     group_members,
+    iter_tar_samples,
     json_bytes,
     read_tar,
     sample_members,
@@ -45,8 +49,6 @@ from pipelines.schema import (
     write_tar,
 )
 from pipelines.teachers.config import TeacherPoolConfig, TeachersConfig
-from pipelines.teachers.geometry import GeometryTeacher
-from pipelines.teachers.semantic import SemanticTeacher
 
 log = logging.getLogger(__name__)
 
@@ -55,25 +57,31 @@ def _read_shards(batch: dict[str, np.ndarray]) -> Iterator[dict[str, list]]:
     """Stream the to-do clips of each CLIP shard, one clip per output batch (so teachers start on the first)."""
     for uri, todo_json in zip(batch["uri"], batch["todo"], strict=True):
         todo = set(json.loads(todo_json))
-        for sample in mf.webdataset_pipeline([uri]):
-            key = sample.pop("__key__")
-            sample.pop("__url__", None)
-            if key not in todo:
-                continue
-            sample["__key__"] = key
-            try:
-                frames = decode_frames(sample, key)
-                error = ""
-            except SchemaError as err:
-                frames, error = np.zeros((0, 1, 1, 3), np.uint8), f"{type(err).__name__}\t{err}"
-            yield {"key": [key], "scene_id": [split_key(key)[0]], "sample": [write_tar(sample_members(sample))],
-                   "frames": [frames], "error": [error]}
+        with storage.open_uri(uri, "rb") as stream:
+            yield from _todo_clips(iter_tar_samples(stream, uri), todo)
+
+
+def _todo_clips(samples: Iterator[dict[str, Any]], todo: set[str]) -> Iterator[dict[str, list]]:
+    """One single-row batch per clip in ``todo``: its encoded fields as a tar blob plus its decoded frames."""
+    for sample in samples:
+        key = sample["__key__"]
+        if key not in todo:
+            continue
+        try:
+            frames = decode_frames(sample, key)
+            error = ""
+        except SchemaError as err:
+            frames, error = np.zeros((0, 1, 1, 3), np.uint8), f"{type(err).__name__}\t{err}"
+        yield {"key": [key], "scene_id": [split_key(key)[0]], "sample": [write_tar(sample_members(sample))],
+               "frames": [frames], "error": [error]}
 
 
 class GeometryUDF:
     """Ray Data actor: the geometry teacher, loaded once in ``__init__``."""
 
     def __init__(self, path: str, cache_dir: str, dtype: str, num_gpus: float, token_codec: str):
+        from pipelines.teachers.geometry import GeometryTeacher
+
         self.teacher = GeometryTeacher(path, cache_dir, dtype=dtype, num_gpus=num_gpus)
         self.token_codec = token_codec
 
@@ -96,6 +104,8 @@ class SemanticUDF:
     """Ray Data actor: the semantic teacher, loaded once in ``__init__``."""
 
     def __init__(self, path: str, cache_dir: str, dtype: str, num_gpus: float):
+        from pipelines.teachers.semantic import SemanticTeacher
+
         self.teacher = SemanticTeacher(path, cache_dir, dtype=dtype, num_gpus=num_gpus)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:

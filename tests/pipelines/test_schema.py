@@ -153,3 +153,26 @@ def test_read_manifest_requires_a_finished_job(tmp_path):
     (tmp_path / "manifest.json").write_text("{}")
     with pytest.raises(mf.ManifestError, match="not a valid manifest"):
         mf.read_manifest(str(tmp_path))
+
+
+def test_streamed_tar_samples_equal_the_in_memory_grouping_and_decode_back():
+    clips = [make_clip(f"scene000{i}_00-c0000", seed=i) for i in range(3)]
+    data = schema.write_tar(m for c in clips for m in schema.sample_members(schema.encode_clip_sample(c, "npy")))
+    streamed = list(schema.iter_tar_samples(io.BytesIO(data)))
+    assert streamed == schema.group_members(schema.read_tar(data))
+    assert [s["__key__"] for s in streamed] == [c.key for c in clips]
+    for sample, clip in zip(streamed, clips, strict=True):
+        np.testing.assert_array_equal(schema.decode_clip_sample(sample).frames, clip.frames)
+    with pytest.raises(schema.SchemaError, match="not a readable tar"):
+        list(schema.iter_tar_samples(io.BytesIO(b"\x01" * 1024), "broken.tar"))
+
+
+def test_job_modules_do_not_import_torch():
+    """Ray's reading, staging and packing tasks import these modules in fresh worker processes."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipelines.manifest, pipelines.ingest.job, pipelines.teachers.job; "
+            "print(sorted(m for m in ('torch', 'webdataset', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
