@@ -393,36 +393,32 @@ def read_tar(data: bytes, where: str = "tar") -> list[tuple[str, bytes]]:
 def iter_tar_samples(stream: IO[bytes], where: str = "tar") -> Iterator[dict[str, Any]]:
     """Sample dicts of a tar read front to back from a file object, one sample in memory at a time.
 
-    Same grouping as :func:`group_members` (the WebDataset rule); for shards too large to hold in memory.
+    Same grouping as :func:`group_members`; for shards too large to hold in memory.
     """
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
-            sample: dict[str, Any] | None = None
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, _, ext = member.name.partition(".")
-                if sample is not None and sample["__key__"] != key:
-                    yield sample
-                    sample = None
-                if sample is None:
-                    sample = {"__key__": key}
-                sample[ext] = tar.extractfile(member).read()
-            if sample is not None:
-                yield sample
+            yield from _iter_grouped((m.name, tar.extractfile(m).read()) for m in tar if m.isfile())
     except tarfile.TarError as err:
         raise SchemaError(where, f"not a readable tar ({err})") from err
 
 
 def group_members(members: Iterable[tuple[str, bytes]]) -> list[dict[str, Any]]:
     """Group tar members into sample dicts by key (WebDataset rule: key = basename up to its first dot)."""
-    samples: list[dict[str, Any]] = []
+    return list(_iter_grouped(members))
+
+
+def _iter_grouped(members: Iterable[tuple[str, bytes]]) -> Iterator[dict[str, Any]]:
+    sample: dict[str, Any] | None = None
     for name, data in members:
         key, _, ext = name.partition(".")
-        if not samples or samples[-1]["__key__"] != key:
-            samples.append({"__key__": key})
-        samples[-1][ext] = data
-    return samples
+        if sample is not None and sample["__key__"] != key:
+            yield sample
+            sample = None
+        if sample is None:
+            sample = {"__key__": key}
+        sample[ext] = data
+    if sample is not None:
+        yield sample
 
 
 def _measure_tokens() -> None:
