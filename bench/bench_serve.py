@@ -35,14 +35,11 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.scenes.video import encode_video
+from pipelines.serve.__main__ import INGRESS_MODES
 from pipelines.serve.config import AutoscalingSettings, ModelDeploymentSettings, ServeConfig
 from pipelines.serve.video_input import SamplingSpec, sample_clip
 
 QUESTION = "what is on the table next to the chair?"
-INGRESS_MODES = {
-    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
-    "python": {},
-}
 
 
 def result(name: str, value: float, unit: str, op: str, target: float) -> None:

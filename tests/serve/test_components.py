@@ -3,6 +3,8 @@ cache, point-cloud geometry and PLY, encoding batching, video sampling limits an
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -289,3 +291,16 @@ def test_cli_export_matches_flags(tmp_path):
     assert cfg.model_uri == "s3://models/vidllm/v7" and cfg.device == "cpu"
     assert cfg.allowed_uri_prefixes == ("s3://scenes/a/", "s3://scenes/b/")
     assert cfg.model.autoscaling.max_replicas == 3 and data["http_options"]["port"] == 8123
+
+
+def test_serve_cli_refuses_haproxy_ingress_on_a_joined_cluster_or_without_the_binary(tiny_checkpoint, tmp_path,
+                                                                                       monkeypatch):
+    from pipelines.serve.__main__ import main
+
+    args = ["--model", str(tiny_checkpoint), "--preset", "tiny", "--ingress", "haproxy", "--run-dir", str(tmp_path)]
+    with pytest.raises(SystemExit, match="uses the mode it was started with"):
+        main([*args, "--ray-address", "auto"])
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no haproxy on PATH
+    with pytest.raises(SystemExit, match="needs the haproxy binary"):
+        main(args)
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in os.environ
