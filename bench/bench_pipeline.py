@@ -10,8 +10,8 @@ is of equal work.
 
 The Ray side uses the pools a 2-core node would be given: ``--geo-actors`` geometry actors and ``--sem-actors``
 semantic actors with the given CPU shares (the geometry teacher is the slower one here), one intra-op thread each,
-and ``--task-cpus`` for the reading/writing tasks. A job is long on a real cluster; ``--scenes`` sets how much
-work amortises the fixed start-up (Ray Data jobs, actor start and teacher loading).
+and ``--io-cpus`` for the shard-reading and clip-writing actors. A job is long on a real cluster; ``--scenes``
+sets how much work amortises the fixed start-up (Ray Data jobs, actor start and teacher loading).
 
 Run: ``python bench/bench_pipeline.py [--scenes 192 --frames 48 --workdir /tmp/vidllm-bench192]`` (about 10 min).
 Ends with ``RESULT <name> <value> <unit> target <op> <value>`` lines.
@@ -131,7 +131,7 @@ def main() -> None:
     p.add_argument("--geo-cpus", type=float, default=1.0, help="CPUs per geometry-teacher actor")
     p.add_argument("--sem-actors", type=int, default=1, help="semantic-teacher actors")
     p.add_argument("--sem-cpus", type=float, default=0.5, help="CPUs per semantic-teacher actor")
-    p.add_argument("--task-cpus", type=float, default=0.25, help="CPUs per clip-reading and clip-writing task")
+    p.add_argument("--io-cpus", type=float, default=0.25, help="CPUs per shard-reading and clip-writing actor")
     args = p.parse_args()
     if args.baseline_threads:
         import torch
@@ -151,7 +151,7 @@ def main() -> None:
     tcfg = TeachersConfig(
         geo, sem, geometry=TeacherPoolConfig(batch_size=1, concurrency=args.geo_actors, num_cpus=args.geo_cpus),
         semantic=TeacherPoolConfig(batch_size=1, concurrency=args.sem_actors, num_cpus=args.sem_cpus),
-        read_num_cpus=args.task_cpus, target_shard_bytes=16 * 1024**2, cache_dir=str(work / "cache"))
+        io_num_cpus=args.io_cpus, target_shard_bytes=16 * 1024**2, cache_dir=str(work / "cache"))
     results = {}
     for name, fn in (("single", single_process), ("ray", with_ray)):
         out = work / f"out-{name}"

@@ -134,7 +134,7 @@ def teachers(cfg: DemoConfig, paths: DemoPaths, step: StepRecord) -> None:
     step.note(f"teachers are RANDOM stand-ins (tiny Dinov2WithRegistersModel / CLIPVisionModel configs, "
               f"{'created' if created else 'saved'} under {paths.teachers}): no real weights are available offline")
     done_before = storage.exists(mf.manifest_uri(paths.train_shards))
-    pool = TeacherPoolConfig(batch_size=2)
+    pool = TeacherPoolConfig(batch_size=2, num_cpus=0.5)  # both pools and the I/O actors fit 2 CPUs
     config = TeachersConfig(paths.geometry_teacher, paths.semantic_teacher, pool, pool,
                             target_shard_bytes=2 * 1024**2, cache_dir=os.path.join(paths.workdir, "cache", "teachers"))
     manifest = run_teachers(paths.clips, paths.train_shards, config)

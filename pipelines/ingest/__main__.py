@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-codec", choices=("jpeg", "npy"), help="how frames are stored")
     p.add_argument("--target-shard-mb", type=float, help="target shard size in MB")
     p.add_argument("--concurrency", type=int, help="maximum concurrent scene tasks")
+    p.add_argument("--scenes-per-task", type=int, help="scenes staged one after the other by one Ray task")
     p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--tiny", action="store_true", help="start from IngestConfig.tiny() (tests and smoke runs)")
     return p
@@ -50,7 +51,7 @@ def resolve_config(args: argparse.Namespace) -> IngestConfig:
         "layout": args.layout, "frames_per_clip": args.frames_per_clip, "clips_per_scene": args.clips_per_scene,
         "stride": args.stride, "short_side": args.short_side, "frame_codec": args.frame_codec,
         "resize_side": args.resize_side,
-        "concurrency": args.concurrency,
+        "concurrency": args.concurrency, "scenes_per_task": args.scenes_per_task,
         "target_shard_bytes": int(args.target_shard_mb * 1024**2) if args.target_shard_mb else None,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}

@@ -33,6 +33,9 @@ class IngestConfig:
         layout: scene layout passed to the reader (``auto`` detects it per scene).
         num_cpus_per_task: CPUs Ray reserves per scene task (decode + resize run inside the task).
         concurrency: maximum concurrent scene tasks (None = as many as CPUs allow).
+        scenes_per_task: scenes staged one after the other by one Ray task. Small synthetic scenes take tens of
+            milliseconds, and a task per scene left the cores waiting on Ray Data's scheduling (192 scenes on 2
+            CPUs: 13.6 s per task-per-scene vs 9.3 s with 8 per task); a scene's failure stays its own either way.
         keep_staging: keep ``<out>/_staging`` after the manifest is written (debugging).
     """
 
@@ -50,6 +53,7 @@ class IngestConfig:
     layout: str = "auto"
     num_cpus_per_task: float = 1.0
     concurrency: int | None = None
+    scenes_per_task: int = 8
     keep_staging: bool = False
 
     def __post_init__(self) -> None:
@@ -75,6 +79,8 @@ class IngestConfig:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.num_cpus_per_task <= 0 or (self.concurrency is not None and self.concurrency < 1):
             raise ValueError("num_cpus_per_task must be > 0 and concurrency >= 1")
+        if self.scenes_per_task < 1:
+            raise ValueError(f"scenes_per_task must be >= 1, got {self.scenes_per_task}")
 
     @classmethod
     def tiny(cls) -> IngestConfig:
@@ -101,5 +107,5 @@ class IngestConfig:
     def hash(self) -> str:
         """Hash of the fields that change shard contents (not of scheduling knobs)."""
         content = {k: v for k, v in self.to_dict().items() if k not in ("num_cpus_per_task", "concurrency",
-                                                                        "keep_staging")}
+                                                                        "scenes_per_task", "keep_staging")}
         return config_hash(content)

@@ -4,10 +4,11 @@ Stages:
 
 1. Discover scenes (a dataset root, a scene directory list, or a text file of URIs) and slice the annotation sets
    per scene on the driver (small JSON).
-2. Ray Data ``map_batches`` over scene rows (one scene per task): open the scene, sample clips, decode ONLY the
-   sampled frames, resize, and write ``<out>/_staging/<scene_id>.tar`` or a quarantine record. Only a small status
-   row returns through the object store. Every exception of a scene is caught in the UDF and quarantined, so Ray's
-   ``max_errored_blocks`` (which drops data silently) is never relied on. Scenes already staged are skipped.
+2. Ray Data ``map_batches`` over scene rows (``scenes_per_task`` per task, each staged on its own): open the
+   scene, sample clips, decode ONLY the sampled frames, resize, and write ``<out>/_staging/<scene_id>.tar`` or a
+   quarantine record. Only a small status row returns through the object store. Every exception of a scene is
+   caught in the UDF and quarantined, so Ray's ``max_errored_blocks`` (which drops data silently) is never relied
+   on. Scenes already staged are skipped.
 3. Deterministic packing (Ray Data, one task per shard) of staged scenes in sorted scene-id order, then
    ``quarantine.json`` and ``manifest.json`` (last). See :mod:`pipelines.manifest` for the resume argument.
 """
@@ -330,8 +331,9 @@ def run_ingest(
         init_ray(ray_address)
         items = [{"scene_id": s.scene_id, "uri": s.uri, "metadata_uri": s.metadata_uri or "",
                   "annotations": json.dumps(s.annotations)} for s in todo]
-        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            _stage_batch, batch_size=1, num_cpus=config.num_cpus_per_task,
+        per_task = config.scenes_per_task
+        ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // per_task)).map_batches(
+            _stage_batch, batch_size=per_task, num_cpus=config.num_cpus_per_task,
             compute=ray.data.TaskPoolStrategy(size=config.concurrency),
             fn_kwargs={"out": out, "config": cfg_dict, "config_hash": cfg_hash},
         )

@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="clips per actor call (both pools)")
     p.add_argument("--concurrency", type=int, help="actors per teacher pool")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="teacher compute dtype")
+    p.add_argument("--io-concurrency", type=int, help="shard-reading actors (and as many clip-writing actors)")
+    p.add_argument("--io-num-cpus", type=float, help="CPUs per shard-reading / clip-writing actor")
     p.add_argument("--target-shard-mb", type=float, help="target training-shard size in MB")
     p.add_argument("--cache-dir", help="local cache for teacher folders downloaded from object storage")
     p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_config(args: argparse.Namespace) -> TeachersConfig:
     top = {"geometry_teacher": args.geometry_teacher, "semantic_teacher": args.semantic_teacher,
            "token_codec": args.token_codec, "cache_dir": args.cache_dir,
+           "io_concurrency": args.io_concurrency, "io_num_cpus": args.io_num_cpus,
            "target_shard_bytes": int(args.target_shard_mb * 1024**2) if args.target_shard_mb else None}
     top = {k: v for k, v in top.items() if v is not None}
     config = TeachersConfig.from_json_file(args.config, **top) if args.config else TeachersConfig(**top)

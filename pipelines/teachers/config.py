@@ -49,7 +49,10 @@ class TeachersConfig:
         target_shard_bytes: a training shard is closed before it would exceed this (a scene is never split).
         cache_dir: local directory where teacher folders on object storage are downloaded (per node); empty =
             ``vidllm-teacher-cache`` in the node's temporary directory.
-        read_num_cpus: CPUs of each clip-reading task.
+        io_num_cpus: CPUs of each shard-reading and each clip-writing actor.
+        io_concurrency: shard-reading actors, and as many clip-writing actors. They are long-lived, like the
+            teacher actors: Ray retires idle task workers on a node whose CPUs the teachers hold, and a short
+            reading or writing task would then pay a fresh worker's start-up (~1 s of CPU) for milliseconds of work.
         keep_staging: keep ``<out>/_staging`` after the manifest is written.
     """
 
@@ -60,7 +63,8 @@ class TeachersConfig:
     token_codec: str = "fp16"
     target_shard_bytes: int = 1024**3
     cache_dir: str = ""
-    read_num_cpus: float = 1.0
+    io_num_cpus: float = 0.25
+    io_concurrency: int = 1
     keep_staging: bool = False
 
     def __post_init__(self) -> None:
@@ -68,14 +72,20 @@ class TeachersConfig:
             raise ValueError("geometry_teacher and semantic_teacher (paths or URIs) are required")
         if self.token_codec not in TOKEN_CODECS:
             raise ValueError(f"token_codec must be one of {TOKEN_CODECS}, got {self.token_codec!r}")
-        if self.target_shard_bytes < 1 or self.read_num_cpus <= 0:
-            raise ValueError("target_shard_bytes and read_num_cpus must be positive")
+        if self.target_shard_bytes < 1 or self.io_num_cpus <= 0 or self.io_concurrency < 1:
+            raise ValueError("target_shard_bytes, io_num_cpus and io_concurrency must be positive")
 
     @classmethod
     def tiny(cls, geometry_teacher: str, semantic_teacher: str) -> TeachersConfig:
-        """Test preset: CPU actors, 2 clips per batch, 128 KB shards."""
-        pool = TeacherPoolConfig(batch_size=2)
+        """Test preset: CPU actors (all four pools fit a 2-CPU Ray), 2 clips per batch, 128 KB shards."""
+        pool = TeacherPoolConfig(batch_size=2, num_cpus=0.5)
         return cls(geometry_teacher, semantic_teacher, pool, pool, target_shard_bytes=128 * 1024)
+
+    def pool_resources(self) -> dict[str, float]:
+        """CPUs and GPUs that all actor pools hold at once (teachers, shard readers, clip writers)."""
+        teachers = (self.geometry, self.semantic)
+        return {"CPU": sum(p.concurrency * p.num_cpus for p in teachers) + 2 * self.io_concurrency * self.io_num_cpus,
+                "GPU": sum(p.concurrency * p.num_gpus for p in teachers)}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

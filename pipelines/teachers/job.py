@@ -2,20 +2,22 @@
 
 Pipeline (one row per clip):
 
-1. ``map_batches(_read_shards)`` tasks read the CLIP shards listed in the manifest (never a listing) and emit the
+1. ``map_batches(ShardReader)`` actors read the CLIP shards listed in the manifest (never a listing) and emit the
    clips still to do: the clip's encoded fields as one tar blob plus its decoded frames (output resolution).
 2. ``map_batches(GeometryUDF)`` actor pool: the DINOv2-with-registers teacher, loaded once per actor; emits the
    encoded ``teacher_geo`` fields (fp16 or int8: compact through the object store).
 3. ``map_batches(SemanticUDF)`` actor pool: the CLIP vision teacher; emits ``teacher_sem``.
-4. ``map_batches(_stage_clips)`` tasks write ``<out>/_staging/<key>.tar`` (clip fields + teacher fields).
+4. ``map_batches(ClipStager)`` actors write ``<out>/_staging/<key>.tar`` (clip fields + teacher fields).
 
 Then the shared deterministic packing (:mod:`pipelines.manifest`) writes ``train-NNNNNN.tar`` in sorted scene-id
 order and the manifest last. Each model call sees exactly one clip's frames, so a clip's outputs do not depend on
 which clips Ray happened to batch together, and a resumed run reproduces the same bytes on the same hardware.
 A clip whose stored fields cannot be decoded is quarantined; model/runtime errors fail the job.
 
-The teacher modules (torch, transformers) are imported inside the actors only: the reading and writing tasks often
-start in fresh Ray worker processes, and an import of torch there costs about a second of CPU per start.
+Reading and writing run in small long-lived actor pools (``io_concurrency`` x ``io_num_cpus``), not tasks: while
+the teacher actors hold most of a node's CPUs, Ray retires idle task workers within a second, and each short task
+then paid a fresh worker's start-up. The teacher modules (torch, transformers) are imported inside the teacher
+actors only, so the I/O actors start light.
 """
 
 from __future__ import annotations
@@ -53,12 +55,15 @@ from pipelines.teachers.config import TeacherPoolConfig, TeachersConfig
 log = logging.getLogger(__name__)
 
 
-def _read_shards(batch: dict[str, np.ndarray]) -> Iterator[dict[str, list]]:
-    """Stream the to-do clips of each CLIP shard, one clip per output batch (so teachers start on the first)."""
-    for uri, todo_json in zip(batch["uri"], batch["todo"], strict=True):
-        todo = set(json.loads(todo_json))
-        with storage.open_uri(uri, "rb") as stream:
-            yield from _todo_clips(iter_tar_samples(stream, uri), todo)
+class ShardReader:
+    """Ray Data actor: streams the to-do clips of each CLIP shard, one clip per output batch (teachers start on
+    the first clip of a shard, not after the whole shard)."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, list]]:
+        for uri, todo_json in zip(batch["uri"], batch["todo"], strict=True):
+            todo = set(json.loads(todo_json))
+            with storage.open_uri(uri, "rb") as stream:
+                yield from _todo_clips(iter_tar_samples(stream, uri), todo)
 
 
 def _todo_clips(samples: Iterator[dict[str, Any]], todo: set[str]) -> Iterator[dict[str, list]]:
@@ -135,13 +140,19 @@ def stage_training_clip(key: str, sample_tar: bytes, geo_tar: bytes, sem: np.nda
     return {"key": key, "status": "staged", "bytes": len(data), "frames": int(len(sem))}
 
 
-def _stage_clips(batch: dict[str, Any], out: str, teacher_info: dict, token_codec: str) -> dict[str, list]:
-    rows = [
-        stage_training_clip(k, s, g, np.asarray(m), e, out, teacher_info, token_codec)
-        for k, s, g, m, e in zip(batch["key"], batch["sample"], batch["geo"], batch["sem"], batch["error"],
-                                 strict=True)
-    ]
-    return {name: [r[name] for r in rows] for name in ("key", "status", "bytes", "frames")}
+class ClipStager:
+    """Ray Data actor: writes each clip's TRAINING sample (or quarantine record) to the staging area."""
+
+    def __init__(self, out: str, teacher_info: dict[str, Any], token_codec: str):
+        self.out, self.teacher_info, self.token_codec = out, teacher_info, token_codec
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        rows = [
+            stage_training_clip(k, s, g, np.asarray(m), e, self.out, self.teacher_info, self.token_codec)
+            for k, s, g, m, e in zip(batch["key"], batch["sample"], batch["geo"], batch["sem"], batch["error"],
+                                     strict=True)
+        ]
+        return {name: [r[name] for r in rows] for name in ("key", "status", "bytes", "frames")}
 
 
 def _pool_kwargs(pool: TeacherPoolConfig) -> dict[str, Any]:
@@ -149,6 +160,34 @@ def _pool_kwargs(pool: TeacherPoolConfig) -> dict[str, Any]:
 
     return {"batch_size": pool.batch_size, "compute": ray.data.ActorPoolStrategy(size=pool.concurrency),
             "num_gpus": pool.num_gpus, "num_cpus": pool.num_cpus}
+
+
+def _io_pool_kwargs(config: TeachersConfig) -> dict[str, Any]:
+    import ray
+
+    return {"compute": ray.data.ActorPoolStrategy(size=config.io_concurrency), "num_cpus": config.io_num_cpus}
+
+
+def warn_if_pools_do_not_fit(config: TeachersConfig) -> bool:
+    """Log a warning (and return True) when the cluster cannot hold all the job's actor pools at once right now.
+
+    Ray Data starts actor pools asynchronously and waits for resources without saying why: on a fixed-size
+    cluster a pool that does not fit stalls the job. It is a warning, not an error, because on an autoscaling
+    cluster the missing nodes may still join.
+    """
+    import ray
+
+    have = ray.cluster_resources()
+    need = config.pool_resources()
+    short = {k: v for k, v in need.items() if v > have.get(k, 0.0) + 1e-9}
+    if short:
+        log.warning(
+            "the teacher and I/O actor pools need %s but the cluster has %s now; the job waits until nodes with "
+            "the missing resources join. On a fixed-size cluster lower the pools' concurrency/num_cpus/num_gpus "
+            "or io_concurrency/io_num_cpus.",
+            ", ".join(f"{v:g} {k}" for k, v in need.items() if v),
+            ", ".join(f"{have.get(k, 0.0):g} {k}" for k in need))
+    return bool(short)
 
 
 @contextlib.contextmanager
@@ -203,22 +242,24 @@ def run_teachers(clips: str, out: str, config: TeachersConfig, ray_address: str 
     rows: list[dict[str, Any]] = []
     if work:
         init_ray(ray_address)
+        warn_if_pools_do_not_fit(config)
         teacher_info = {"geometry_teacher": config.geometry_teacher, "semantic_teacher": config.semantic_teacher,
                         "clips_config_hash": clip_manifest.config_hash, "config_hash": cfg_hash}
         geo, sem = config.geometry, config.semantic
+        geo_kwargs = {"path": config.geometry_teacher, "cache_dir": config.cache_dir, "dtype": geo.dtype,
+                      "num_gpus": geo.num_gpus, "token_codec": config.token_codec}
+        sem_kwargs = {"path": config.semantic_teacher, "cache_dir": config.cache_dir, "dtype": sem.dtype,
+                      "num_gpus": sem.num_gpus}
         with _one_clip_per_block():
             ds = ray.data.from_items(work, override_num_blocks=len(work))
         ds = (
             ds
-            .map_batches(_read_shards, batch_size=1, num_cpus=config.read_num_cpus)
-            .map_batches(GeometryUDF, fn_constructor_kwargs={
-                "path": config.geometry_teacher, "cache_dir": config.cache_dir, "dtype": geo.dtype,
-                "num_gpus": geo.num_gpus, "token_codec": config.token_codec}, **_pool_kwargs(geo))
-            .map_batches(SemanticUDF, fn_constructor_kwargs={
-                "path": config.semantic_teacher, "cache_dir": config.cache_dir, "dtype": sem.dtype,
-                "num_gpus": sem.num_gpus}, **_pool_kwargs(sem))
-            .map_batches(_stage_clips, batch_size=8, num_cpus=config.read_num_cpus, fn_kwargs={
-                "out": out, "teacher_info": teacher_info, "token_codec": config.token_codec})
+            .map_batches(ShardReader, batch_size=1, **_io_pool_kwargs(config))
+            .map_batches(GeometryUDF, fn_constructor_kwargs=geo_kwargs, **_pool_kwargs(geo))
+            .map_batches(SemanticUDF, fn_constructor_kwargs=sem_kwargs, **_pool_kwargs(sem))
+            .map_batches(ClipStager, batch_size=8, fn_constructor_kwargs={
+                "out": out, "teacher_info": teacher_info, "token_codec": config.token_codec},
+                **_io_pool_kwargs(config))
         )
         rows = list(ds.iter_rows())
     staged, quarantined = mf.list_staged(out)

@@ -127,6 +127,9 @@ def test_config_validation_and_hash():
         IngestConfig(frame_codec="png")
     tiny = IngestConfig.tiny()
     assert dataclasses.replace(tiny, concurrency=1).hash() == tiny.hash()
+    assert dataclasses.replace(tiny, scenes_per_task=1).hash() == tiny.hash()
+    with pytest.raises(ValueError, match="scenes_per_task"):
+        IngestConfig(scenes_per_task=0)
     assert dataclasses.replace(tiny, short_side=70).hash() != tiny.hash()
 
 

@@ -51,6 +51,38 @@ def test_config_validation(tiny_teachers):
     assert TeachersConfig.from_dict(cfg.to_dict()) == cfg
     assert dataclasses.replace(cfg, geometry=TeacherPoolConfig(concurrency=3)).hash() == cfg.hash()
     assert dataclasses.replace(cfg, token_codec="int8").hash() != cfg.hash()
+    assert dataclasses.replace(cfg, io_concurrency=3).hash() == cfg.hash()
+    with pytest.raises(ValueError, match="io_concurrency"):
+        TeachersConfig("a", "b", io_concurrency=0)
+    # tiny(): two teacher actors x 0.5 CPU + a reader and a writer x 0.25 CPU fit the 2-CPU test cluster.
+    assert cfg.pool_resources() == {"CPU": 1.5, "GPU": 0.0}
+    gpu = TeacherPoolConfig(num_gpus=0.5, num_cpus=2, concurrency=4)
+    assert TeachersConfig("a", "b", gpu, gpu, io_concurrency=3, io_num_cpus=1).pool_resources() == {
+        "CPU": 22.0, "GPU": 4.0}
+
+
+def test_cli_flags_reach_the_config():
+    from pipelines.teachers.__main__ import build_parser, resolve_config
+
+    args = build_parser().parse_args([
+        "--clips", "c", "--out", "o", "--geometry-teacher", "g", "--semantic-teacher", "s", "--concurrency", "2",
+        "--num-gpus", "0.5", "--io-concurrency", "3", "--io-num-cpus", "0.5", "--target-shard-mb", "2"])
+    config = resolve_config(args)
+    assert config.geometry.concurrency == config.semantic.concurrency == 2
+    assert config.geometry.num_gpus == config.semantic.num_gpus == 0.5
+    assert (config.io_concurrency, config.io_num_cpus, config.target_shard_bytes) == (3, 0.5, 2 * 1024**2)
+
+
+def test_pools_that_do_not_fit_the_cluster_are_named_in_a_warning(ray_session, caplog):
+    from pipelines.teachers.job import warn_if_pools_do_not_fit
+
+    fits = TeachersConfig.tiny("a", "b")
+    assert not warn_if_pools_do_not_fit(fits) and not caplog.records
+    gpu = TeacherPoolConfig(num_gpus=1)
+    with caplog.at_level("WARNING", logger="pipelines.teachers.job"):
+        assert warn_if_pools_do_not_fit(TeachersConfig("a", "b", gpu, gpu))
+    message = caplog.records[-1].getMessage()
+    assert "need 2.5 CPU, 2 GPU" in message and "has 2 CPU, 0 GPU" in message
 
 
 @pytest.fixture(scope="module")
@@ -135,13 +167,14 @@ def test_teachers_job_s3_int8_resumes_byte_identical(clips_run, tiny_teachers, r
 def test_shard_reader_streams_one_clip_per_batch_and_only_the_todo_ones(clips_run):
     import json
 
-    from pipelines.teachers.job import _read_shards
+    from pipelines.teachers.job import ShardReader
 
     clips_out, manifest, clips = clips_run
     uris = mf.shard_uris(manifest, clips_out)
     keys = [k for record in manifest.shards for k in record.keys]
     todo = keys[1:]
-    batches = [b for uri in uris for b in _read_shards({"uri": [uri], "todo": [json.dumps(todo)]})]
+    reader = ShardReader()
+    batches = [b for uri in uris for b in reader({"uri": [uri], "todo": [json.dumps(todo)]})]
     assert [b["key"] for b in batches] == [[k] for k in todo]
     for batch in batches:
         np.testing.assert_array_equal(batch["frames"][0], clips[batch["key"][0]].frames)
