@@ -248,8 +248,10 @@ def test_killed_run_resumes_to_byte_identical_shards(reference_run, scene_set, r
     listing = tmp_path / "scenes.txt"
     listing.write_text("\n".join(scene_set["uris"]) + "\n")
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    # A task already running on the shared cluster outlives the killed driver; one scene per task keeps the
+    # "crash" from finishing the whole set.
     cmd = [sys.executable, "-m", "pipelines.ingest", "--scenes", f"@{listing}", "--out", str(out), "--tiny",
-           "--annotations", scene_set["annotations"], "--concurrency", "1"]
+           "--annotations", scene_set["annotations"], "--concurrency", "1", "--scenes-per-task", "1"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     staging = out / mf.STAGING_DIR
