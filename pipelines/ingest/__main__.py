@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-codec", choices=("jpeg", "npy"), help="how frames are stored")
     p.add_argument("--target-shard-mb", type=float, help="target shard size in MB")
     p.add_argument("--concurrency", type=int, help="maximum concurrent scene tasks")
-    p.add_argument("--scenes-per-task", type=int, help="scenes staged one after the other by one Ray task")
+    p.add_argument("--scenes-per-task", type=int, help="at most this many scenes staged one after the other by one Ray task")
     p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--tiny", action="store_true", help="start from IngestConfig.tiny() (tests and smoke runs)")
     return p

@@ -33,7 +33,8 @@ class IngestConfig:
         layout: scene layout passed to the reader (``auto`` detects it per scene).
         num_cpus_per_task: CPUs Ray reserves per scene task (decode + resize run inside the task).
         concurrency: maximum concurrent scene tasks (None = as many as CPUs allow).
-        scenes_per_task: scenes staged one after the other by one Ray task. Small synthetic scenes take tens of
+        scenes_per_task: at most this many scenes are staged one after the other by one Ray task (fewer when the
+            tasks would otherwise be fewer than the cluster's CPUs). Small synthetic scenes take tens of
             milliseconds, and a task per scene left the cores waiting on Ray Data's scheduling (192 scenes on 2
             CPUs: 13.6 s per task-per-scene vs 9.3 s with 8 per task); a scene's failure stays its own either way.
         keep_staging: keep ``<out>/_staging`` after the manifest is written (debugging).

@@ -294,6 +294,11 @@ def init_ray(address: str | None = None) -> None:
         ray.init(address=address, include_dashboard=False, log_to_driver=True)
 
 
+def scenes_per_task(num_scenes: int, at_most: int, cluster_cpus: float) -> int:
+    """Scenes per Ray task: up to ``at_most``, but never so many that the tasks are fewer than the cluster's CPUs."""
+    return max(1, min(at_most, num_scenes // max(1, int(cluster_cpus))))
+
+
 def run_ingest(
     scenes: str | Sequence[str],
     out: str,
@@ -331,7 +336,7 @@ def run_ingest(
         init_ray(ray_address)
         items = [{"scene_id": s.scene_id, "uri": s.uri, "metadata_uri": s.metadata_uri or "",
                   "annotations": json.dumps(s.annotations)} for s in todo]
-        per_task = config.scenes_per_task
+        per_task = scenes_per_task(len(items), config.scenes_per_task, ray.cluster_resources().get("CPU", 1.0))
         ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // per_task)).map_batches(
             _stage_batch, batch_size=per_task, num_cpus=config.num_cpus_per_task,
             compute=ray.data.TaskPoolStrategy(size=config.concurrency),

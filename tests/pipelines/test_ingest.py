@@ -133,6 +133,15 @@ def test_config_validation_and_hash():
     assert dataclasses.replace(tiny, short_side=70).hash() != tiny.hash()
 
 
+def test_scenes_per_task_keeps_every_cpu_busy():
+    from pipelines.ingest.job import scenes_per_task
+
+    assert scenes_per_task(192, 8, 2.0) == 8
+    assert scenes_per_task(100, 8, 128.0) == 1  # fewer scenes than CPUs: one scene per task
+    assert scenes_per_task(300, 8, 64.0) == 4  # 75 tasks for 64 CPUs, not 38
+    assert scenes_per_task(3, 8, 0.5) == 3
+
+
 # ------------------------------------------------------------------------------------------------- Ray jobs
 def expected_clips(scene_set, config: IngestConfig) -> dict:
     """What the shards must hold: the same clip builder run in this process, decoded through the schema."""
