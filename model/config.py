@@ -1,4 +1,4 @@
-"""Typed configuration tree of Vid-LLM: the geometric half (helper C's component configs) plus the 3D-VL half.
+"""Typed configuration tree of Vid-LLM: the geometric components' configs plus the 3D-VL half.
 
 ``VidLLMConfig`` composes one dataclass per component. Dimensions that follow from other components (the adapter
 width feeding the 3D-VL branch, the LLM hidden size feeding the projector and box head) are *derived* by the
@@ -227,7 +227,8 @@ class FreezingConfig:
 
 @dataclass
 class VidLLMConfig:
-    """The whole model: C's geometric components plus the 3D-VL branch, LLM, grounding head and training knobs."""
+    """The whole model: the geometric components (encoder, adapter, reconstruction, metric depth) plus the 3D-VL
+    branch, LLM, grounding head and the distillation and scale-alignment settings."""
 
     encoder: EncoderConfig
     adapter: AdapterConfig

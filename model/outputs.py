@@ -82,12 +82,12 @@ class VidLLMOutput:
     """Output of :meth:`model.vidllm.VidLLM.forward`; branches that did not run are ``None``.
 
     Attributes:
-        adapter: C's ``AdapterOutput`` (geom/lang ``[B, S, P, C]``, bridge ``[B, K, C]``).
+        adapter: :class:`model.adapter.AdapterOutput` (geom/lang ``[B, S, P, C]``, bridge ``[B, K, C]``).
         grid: ``(h, w)`` patch grid.
         image_hw: ``(H, W)`` frame size in pixels.
-        reconstruction: C's ``ReconstructionOutput`` (relative scale: pose_enc, extrinsics, intrinsics, depth,
-            depth_conf, pose_enc_list).
-        metric_depth: C's ``MetricDepthOutput`` (depth in metres).
+        reconstruction: :class:`model.reconstruction.ReconstructionOutput` (relative scale: pose_enc,
+            extrinsics, intrinsics, depth, depth_conf, pose_enc_list).
+        metric_depth: :class:`model.metric_depth.MetricDepthOutput` (depth in metres).
         scene: :class:`SceneEncoding` (metric geometry and LLM scene tokens).
         distill: :class:`DistillFeatures` when teacher targets were given.
         lm_logits: ``[B, L', V]`` logits over the spliced sequence (``L' = L - 1 + M`` before padding).

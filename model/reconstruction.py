@@ -37,7 +37,7 @@ class ReconstructionConfig:
 
     Attributes:
         dim: Token width ``C`` of the geometric stream (must equal the encoder/adapter width).
-        depth: Number of (frame block, global block) pairs.
+        num_layers: Number of (frame block, global block) pairs.
         num_heads: Heads of the alternating-attention blocks.
         mlp_ratio: MLP ratio of the alternating-attention blocks.
         num_register_tokens: Register tokens per frame.
@@ -45,7 +45,7 @@ class ReconstructionConfig:
         rope_frequency: 2D RoPE base frequency; 0 disables RoPE.
         init_values: LayerScale init of all blocks.
         patch_size: Pixels per patch side (maps the patch grid to the image size).
-        camera_trunk_depth: Transformer blocks of the camera head trunk.
+        camera_num_layers: Transformer blocks of the camera head trunk.
         camera_num_heads: Heads of the camera head trunk (over ``2 * dim`` channels).
         num_camera_iterations: Pose refinement iterations (length of ``pose_enc_list``).
         dpt_features: Fusion width of the depth DPT head.
@@ -57,7 +57,7 @@ class ReconstructionConfig:
     """
 
     dim: int = 1024
-    depth: int = 24
+    num_layers: int = 24
     num_heads: int = 16
     mlp_ratio: float = 4.0
     num_register_tokens: int = 4
@@ -65,7 +65,7 @@ class ReconstructionConfig:
     rope_frequency: float = 100.0
     init_values: float = 0.01
     patch_size: int = 14
-    camera_trunk_depth: int = 4
+    camera_num_layers: int = 4
     camera_num_heads: int = 16
     num_camera_iterations: int = 4
     dpt_features: int = 256
@@ -77,7 +77,7 @@ class ReconstructionConfig:
     def __post_init__(self) -> None:
         self.dpt_out_channels = tuple(int(c) for c in self.dpt_out_channels)
         self.dpt_layer_indices = tuple(int(i) for i in self.dpt_layer_indices)
-        positive = ("dim", "depth", "num_heads", "patch_size", "camera_trunk_depth", "camera_num_heads",
+        positive = ("dim", "num_layers", "num_heads", "patch_size", "camera_num_layers", "camera_num_heads",
                     "num_camera_iterations", "dpt_features")  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
@@ -102,23 +102,23 @@ class ReconstructionConfig:
             raise ValueError(
                 f"ReconstructionConfig.dpt_out_channels must be 4 positive ints, got {self.dpt_out_channels}"
             )
-        if len(self.dpt_layer_indices) != 4 or not all(0 <= i < self.depth for i in self.dpt_layer_indices):
+        if len(self.dpt_layer_indices) != 4 or not all(0 <= i < self.num_layers for i in self.dpt_layer_indices):
             raise ValueError(
-                f"ReconstructionConfig.dpt_layer_indices must be 4 indices in [0, {self.depth}), "
+                f"ReconstructionConfig.dpt_layer_indices must be 4 indices in [0, {self.num_layers}), "
                 f"got {self.dpt_layer_indices}"
             )
 
     @classmethod
     def tiny(cls) -> ReconstructionConfig:
         """Two alternating layers, 32 channels: a CPU-test model (matches ``EncoderConfig.tiny``)."""
-        return cls(dim=32, depth=2, num_heads=2, num_register_tokens=2, camera_trunk_depth=1, camera_num_heads=2,
+        return cls(dim=32, num_layers=2, num_heads=2, num_register_tokens=2, camera_num_layers=1, camera_num_heads=2,
                    num_camera_iterations=2, dpt_features=16, dpt_out_channels=(8, 16, 32, 32),
                    dpt_layer_indices=(0, 0, 1, 1), frames_chunk_size=0)  # fmt: skip
 
     @classmethod
     def small(cls) -> ReconstructionConfig:
         """12 alternating layers over DINOv2-S width (384)."""
-        return cls(dim=384, depth=12, num_heads=6, camera_trunk_depth=2, camera_num_heads=6, dpt_features=128,
+        return cls(dim=384, num_layers=12, num_heads=6, camera_num_layers=2, camera_num_heads=6, dpt_features=128,
                    dpt_out_channels=(96, 192, 384, 384), dpt_layer_indices=(2, 5, 8, 11))  # fmt: skip
 
     @classmethod
@@ -175,7 +175,7 @@ class AlternatingAttention(nn.Module):
     def _make_blocks(self, cfg: ReconstructionConfig) -> list[Block]:
         return [
             Block(cfg.dim, cfg.num_heads, cfg.mlp_ratio, cfg.init_values, qk_norm=cfg.qk_norm, rope=self.rope)
-            for _ in range(cfg.depth)
+            for _ in range(cfg.num_layers)
         ]
 
     def _run(self, block: Block, tokens: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
@@ -227,7 +227,7 @@ class ReconstructionBranch(nn.Module):
         self.cfg = cfg
         self.alternating = AlternatingAttention(cfg)
         self.camera_head = CameraHead(
-            2 * cfg.dim, cfg.camera_trunk_depth, cfg.camera_num_heads, 4.0, cfg.init_values
+            2 * cfg.dim, cfg.camera_num_layers, cfg.camera_num_heads, 4.0, cfg.init_values
         )
         self.depth_head = DPTHead(2 * cfg.dim, cfg.patch_size, cfg.dpt_layer_indices, cfg.dpt_features,
                                   cfg.dpt_out_channels, output_dim=2)  # fmt: skip
@@ -257,7 +257,7 @@ class ReconstructionBranch(nn.Module):
             raise ValueError(
                 f"image_hw {tuple(image_hw)} does not match grid {grid} x patch {self.cfg.patch_size}"
             )
-        last = self.cfg.depth - 1
+        last = self.cfg.num_layers - 1
         layers = self.alternating(geom, grid, keep={*self.cfg.dpt_layer_indices, last})
         pose_enc_list = self.camera_head(layers[last][:, :, 0], self.cfg.num_camera_iterations)
         start = self.alternating.patch_start_idx

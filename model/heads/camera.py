@@ -21,7 +21,7 @@ class CameraHead(nn.Module):
 
     Args:
         dim_in: Camera-token channels (``2 * C`` in VGGT: frame and global outputs concatenated).
-        trunk_depth: Transformer blocks in the trunk.
+        num_trunk_layers: Transformer blocks in the trunk.
         num_heads: Trunk attention heads.
         mlp_ratio: Trunk MLP ratio.
         init_values: Trunk LayerScale init.
@@ -30,7 +30,7 @@ class CameraHead(nn.Module):
     def __init__(
         self,
         dim_in: int,
-        trunk_depth: int = 4,
+        num_trunk_layers: int = 4,
         num_heads: int = 16,
         mlp_ratio: float = 4.0,
         init_values: float = 0.01,
@@ -39,7 +39,7 @@ class CameraHead(nn.Module):
         self.trunk = nn.Sequential(
             *[
                 Block(dim_in, num_heads, mlp_ratio=mlp_ratio, init_values=init_values)
-                for _ in range(trunk_depth)
+                for _ in range(num_trunk_layers)
             ]
         )
         self.token_norm = nn.LayerNorm(dim_in)

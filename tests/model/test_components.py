@@ -1,4 +1,4 @@
-"""D's components in isolation: 3D-VL branch, box head, distillation projections, configs and the batch."""
+"""The 3D-VL side's components in isolation: 3D-VL branch, box head, distillation projections, configs and the batch."""
 
 from __future__ import annotations
 

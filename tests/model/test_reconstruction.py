@@ -155,10 +155,10 @@ def _vggt_named_state_dict(cfg: ReconstructionConfig) -> dict[str, torch.Tensor]
         "point_head.norm.weight": (d,),
         "track_head.feature_extractor.norm.weight": (d,),
     }
-    for i in range(cfg.depth):
+    for i in range(cfg.num_layers):
         shapes |= _block_shapes(f"aggregator.frame_blocks.{i}.", c, cfg.qk_norm, cfg.num_heads)
         shapes |= _block_shapes(f"aggregator.global_blocks.{i}.", c, cfg.qk_norm, cfg.num_heads)
-    for i in range(cfg.camera_trunk_depth):
+    for i in range(cfg.camera_num_layers):
         shapes |= _block_shapes(f"camera_head.trunk.{i}.", d, False, cfg.camera_num_heads)
     shapes |= {
         "camera_head.token_norm.weight": (d,), "camera_head.token_norm.bias": (d,),
