@@ -1,6 +1,6 @@
 """Camera head: iterative refinement of the 9-D pose encoding from per-frame camera tokens (VGGT ``CameraHead``).
 
-Each iteration embeds the current (detached) pose estimate, uses it to modulate the normalised camera tokens
+Each iteration embeds the current pose estimate (detached), uses it to modulate the normalised camera tokens
 (adaLN: shift, scale, gate), runs a small transformer trunk over the frames' camera tokens and regresses a pose
 *delta*. The running estimate after every iteration is returned (``pose_enc_list``) so the camera loss can weight
 iterations (VGGT: gamma = 0.6). Parameter names follow VGGT so its camera-head weights load unchanged.
@@ -71,8 +71,11 @@ class CameraHead(nn.Module):
             if pose is None:
                 cond = self.embed_pose(self.empty_pose_tokens.expand(b, s, -1))
             else:
-                # Detached like VGGT: each iteration learns a correction, gradients do not chain through iterations.
-                cond = self.embed_pose(pose.detach())
+                # The running estimate is detached, as in VGGT's CameraHead: iteration k's output is
+                # ``detach(previous) + delta_k``, so its loss trains only delta_k and gradients do not chain back
+                # through earlier iterations (each iteration learns a correction of a fixed estimate).
+                pose = pose.detach()
+                cond = self.embed_pose(pose)
             shift, scale, gate = self.poseLN_modulation(cond).chunk(3, dim=-1)
             x = gate * (self.adaln_norm(tokens) * (1 + scale) + shift) + tokens
             delta = self.pose_branch(self.trunk_norm(self.trunk(x)))

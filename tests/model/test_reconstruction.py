@@ -228,3 +228,25 @@ def test_base_config_builds_on_meta_device_with_vggt_sizes():
     assert 210 < count(branch.camera_head) < 220
     assert 30 < count(branch.depth_head) < 35
     assert branch.alternating.register_token.shape == (1, 2, 4, 1024)
+
+
+def test_camera_refinement_detaches_the_running_estimate():
+    """Iteration k's output is ``detach(estimate_{k-1}) + delta_k`` (VGGT): its gradient reaches delta_k only."""
+    from model.heads.camera import CameraHead
+
+    torch.manual_seed(0)
+    head = CameraHead(16, num_trunk_layers=1, num_heads=2)
+    deltas: list[torch.Tensor] = []
+
+    def keep(_module, _inputs, output):
+        output.retain_grad()
+        deltas.append(output)
+
+    head.pose_branch.register_forward_hook(keep)
+    poses = head(torch.randn(2, 3, 16), num_iterations=3)
+    poses[-1][..., :7].sum().backward()
+    assert len(deltas) == 3
+    assert deltas[0].grad is None and deltas[1].grad is None  # no path from the last output to earlier deltas
+    torch.testing.assert_close(deltas[2].grad[..., :7], torch.ones(2, 3, 7))
+    # Every iteration's output still trains the shared head parameters.
+    assert head.pose_branch.fc2.weight.grad.abs().sum() > 0
