@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
+# Fields that feed the network (cast with the model's compute dtype); everything else is a target.
+MODEL_INPUTS = frozenset({"frames", "teacher_geo", "teacher_sem"})
+
 
 @dataclass
 class VidLLMBatch:
@@ -79,11 +82,17 @@ class VidLLMBatch:
                 raise ValueError("VidLLMBatch.box_mask must be given with boxes, shape [B,T]")
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> VidLLMBatch:
-        """Move every tensor to ``device``; floating tensors are cast to ``dtype`` when given."""
+        """Move every tensor to ``device``; cast the model *inputs* to ``dtype`` when given.
+
+        Only :data:`MODEL_INPUTS` (frames and teacher features, which enter bf16 layers) are cast. Geometric
+        targets (depth, extrinsics, intrinsics, boxes) stay fp32: bf16 would quantise a 5 m box to 2-3 cm and
+        poses and depth likewise, and the losses compute geometry in fp32 anyway.
+        """
         moved = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, torch.Tensor):
-                value = value.to(device, dtype=dtype if dtype is not None and value.is_floating_point() else None)
+                cast = dtype is not None and f.name in MODEL_INPUTS and value.is_floating_point()
+                value = value.to(device, dtype=dtype if cast else None)
             moved[f.name] = value
         return VidLLMBatch(**moved)

@@ -172,7 +172,8 @@ class LossWeights:
 
     ``sc`` is λ of ``L_distill = L_geo + L_lang + λ L_sc``; the paper does not give it, we use 1.0 (the Gram
     term is already O(1e-2) because it averages over M² token pairs). ``metric_depth_alpha`` is α of Eq. 9
-    (not given either; 0.5 keeps the robust denominator active for |e - b| ~ 1). Camera/depth values follow VGGT.
+    (not given either; 0.5 keeps the robust denominator active for |e - b| ~ 1). Camera, depth and point values
+    follow VGGT. Every weight defaults to 0 (off); the training stage presets choose them.
     """
 
     geo: float = 0.0
@@ -180,6 +181,7 @@ class LossWeights:
     sc: float = 0.0
     camera: float = 0.0
     depth: float = 0.0
+    point: float = 0.0
     metric_depth: float = 0.0
     lm: float = 0.0
     box: float = 0.0
@@ -189,6 +191,8 @@ class LossWeights:
     camera_weight_fov: float = 0.5
     depth_alpha: float = 0.2
     depth_grad_weight: float = 1.0
+    point_alpha: float = 0.2
+    point_grad_weight: float = 1.0
     metric_depth_alpha: float = 0.5
     box_l1: float = 5.0
     box_giou: float = 2.0

@@ -1,13 +1,16 @@
 """Vid-LLM losses: pure functions plus the :class:`MultitaskLoss` combiner (weights from :class:`LossWeights`).
 
 Stage 1 (paper §3.4): ``L_distill = L_geo + L_lang + λ L_sc``.
-Stage 2: ``L_joint = L_recon (camera + depth, VGGT) + L_VL (LM cross-entropy + box) + L_MD (Eq. 9)``.
+Stage 2: ``L_joint = L_recon (camera + depth + point map, VGGT) + L_VL (LM cross-entropy + box) + L_MD (Eq. 9)``.
 
 Every loss is zero (or at its minimum) at the ground truth and finite (zero) when its mask is empty.
 
-Scale: the reconstruction branch predicts geometry in VGGT's normalised scale, so its camera and depth targets
-are divided by the GT scene scale (mean distance of valid GT points from the first camera, VGGT's
+Scale: the reconstruction branch predicts geometry in VGGT's normalised scale, so its camera, depth and point
+targets are divided by the GT scene scale (mean distance of valid GT points from the first camera, VGGT's
 normalisation); the metric-depth model and the grounding head are supervised in metres.
+
+Precision: every loss upcasts predictions and targets to fp32 and computes geometry (GT points, scene scale, pose
+encodings) with autocast off (:mod:`model.precision`), so a bf16 run optimises the same objective as an fp32 one.
 
 Matching: box targets are assigned to queries with the Hungarian algorithm from
 ``scipy.optimize.linear_sum_assignment`` on a detached CPU cost matrix. It lives here, outside ``nn.Module``
@@ -25,6 +28,7 @@ from model.config import LossWeights
 from model.geometry import backproject_depth
 from model.outputs import VidLLMOutput
 from model.pose_encoding import extrinsics_intrinsics_to_pose_encoding
+from model.precision import fp32_region
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -123,11 +127,43 @@ def depth_loss(
     err = pred.float() - gt.float()
     conf = conf.float()
     main = _masked_mean(err.abs() * conf - alpha * torch.log(conf), valid)
+    return main + grad_weight * _gradient_term(err[..., None], valid)
+
+
+def _gradient_term(err: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean L1 of horizontal plus vertical finite differences of ``err`` ``[B, S, H, W, C]`` (averaged over the
+    C channels) over pairs of valid neighbours ``[B, S, H, W]``."""
     gx_mask = valid[..., :, 1:] & valid[..., :, :-1]
     gy_mask = valid[..., 1:, :] & valid[..., :-1, :]
-    gx = _masked_mean((err[..., :, 1:] - err[..., :, :-1]).abs(), gx_mask)
-    gy = _masked_mean((err[..., 1:, :] - err[..., :-1, :]).abs(), gy_mask)
-    return main + grad_weight * (gx + gy)
+    gx = _masked_mean((err[..., :, 1:, :] - err[..., :, :-1, :]).abs().mean(dim=-1), gx_mask)
+    gy = _masked_mean((err[..., 1:, :, :] - err[..., :-1, :, :]).abs().mean(dim=-1), gy_mask)
+    return gx + gy
+
+
+def point_loss(
+    pred: torch.Tensor,
+    conf: torch.Tensor,
+    gt: torch.Tensor,
+    valid: torch.Tensor,
+    alpha: float = 0.2,
+    grad_weight: float = 1.0,
+) -> torch.Tensor:
+    """VGGT's confidence-weighted point-map loss (``regression_loss`` in its ``training/loss.py``).
+
+    ``mean(||p - p*|| c - α log c)`` over valid pixels, with ``||.||`` the Euclidean distance of the 3D error,
+    plus a gradient term: the L1 of horizontal/vertical finite differences of ``p - p*`` over valid neighbour
+    pairs (averaged over x, y, z; penalises wrong local shape, not offsets). Zero at ``p = p*`` with ``c = 1``.
+
+    Args:
+        pred: ``[B, S, H, W, 3]`` predicted world points (first-camera frame, normalised scale).
+        conf: ``[B, S, H, W]`` confidence (>= 1).
+        gt: ``[B, S, H, W, 3]`` GT world points in the same frame and scale.
+        valid: ``[B, S, H, W]`` bool.
+    """
+    err = pred.float() - gt.float()
+    conf = conf.float()
+    main = _masked_mean(err.norm(dim=-1) * conf - alpha * torch.log(conf), valid)
+    return main + grad_weight * _gradient_term(err, valid)
 
 
 def metric_depth_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, alpha: float = 0.5,
@@ -253,15 +289,17 @@ def gt_scene_scale(depth: torch.Tensor, extrinsics: torch.Tensor, intrinsics: to
 
     Falls back to the mean camera-centre distance, then 1, for clips without valid depth.
     """
-    points = backproject_depth(depth, extrinsics, intrinsics, image_hw)
-    valid = (depth > 0).float()
-    dist = points.norm(dim=-1)
-    scale = (dist * valid).flatten(1).sum(dim=1) / valid.flatten(1).sum(dim=1).clamp(min=1)
-    rot, trans = extrinsics[..., :3], extrinsics[..., 3]
-    centres = -(rot.transpose(-1, -2) @ trans[..., None]).squeeze(-1)
-    cam_scale = centres.norm(dim=-1).mean(dim=1)
-    scale = torch.where(scale > 0, scale, cam_scale)
-    return torch.where(scale > 0, scale, torch.ones_like(scale))
+    depth, extrinsics, intrinsics = depth.float(), extrinsics.float(), intrinsics.float()
+    with fp32_region(depth):
+        points = backproject_depth(depth, extrinsics, intrinsics, image_hw)
+        valid = (depth > 0).float()
+        dist = points.norm(dim=-1)
+        scale = (dist * valid).flatten(1).sum(dim=1) / valid.flatten(1).sum(dim=1).clamp(min=1)
+        rot, trans = extrinsics[..., :3], extrinsics[..., 3]
+        centres = -(rot.transpose(-1, -2) @ trans[..., None]).squeeze(-1)
+        cam_scale = centres.norm(dim=-1).mean(dim=1)
+        scale = torch.where(scale > 0, scale, cam_scale)
+        return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 class MultitaskLoss:
@@ -271,7 +309,7 @@ class MultitaskLoss:
         weights: :class:`LossWeights` (``LossWeights.stage1()`` / ``.stage2()``).
 
     Call: ``loss(output, batch) -> (total, terms)`` where ``terms`` maps each computed loss name (``geo``,
-    ``lang``, ``sc``, ``camera``, ``depth``, ``metric_depth``, ``lm``, ``box`` and the box parts) to its
+    ``lang``, ``sc``, ``camera``, ``depth``, ``point``, ``metric_depth``, ``lm``, ``box`` and the box parts) to its
     *unweighted, detached* value for logging; ``total`` carries the graph.
     """
 
@@ -298,25 +336,32 @@ class MultitaskLoss:
                                                             gram_tokens(d.teacher_geo, d.teacher_sem)))
         rec = output.reconstruction
         has_cam = batch.extrinsics is not None and batch.intrinsics is not None
-        if rec is not None and has_cam and (w.camera > 0 or w.depth > 0):
+        if rec is not None and has_cam and (w.camera > 0 or w.depth > 0 or w.point > 0):
             if batch.depth is not None:
                 scale = gt_scene_scale(batch.depth, batch.extrinsics, batch.intrinsics, output.image_hw)
             else:
                 scale = torch.ones(batch.frames.shape[0], device=batch.frames.device)
             if w.camera > 0:
-                gt_extr = batch.extrinsics.clone()
+                gt_extr = batch.extrinsics.float().clone()
                 gt_extr[..., 3] = gt_extr[..., 3] / scale[:, None, None]
-                gt_enc = extrinsics_intrinsics_to_pose_encoding(gt_extr, batch.intrinsics, output.image_hw)
+                gt_enc = extrinsics_intrinsics_to_pose_encoding(gt_extr, batch.intrinsics.float(), output.image_hw)
                 add("camera", w.camera, camera_loss(rec.pose_enc_list, gt_enc, w.camera_gamma,
                                                     w.camera_weight_trans, w.camera_weight_rot,
                                                     w.camera_weight_fov))
             if w.depth > 0 and batch.depth is not None:
-                gt = batch.depth / scale[:, None, None, None]
+                gt = batch.depth.float() / scale[:, None, None, None]
                 add("depth", w.depth, depth_loss(rec.depth, rec.depth_conf, gt, batch.depth > 0, w.depth_alpha,
                                                  w.depth_grad_weight))
+            if w.point > 0 and batch.depth is not None and rec.world_points is not None:
+                with fp32_region(rec.world_points):
+                    gt_points = backproject_depth(batch.depth.float(), batch.extrinsics.float(),
+                                                  batch.intrinsics.float(), output.image_hw)
+                gt_points = gt_points / scale[:, None, None, None, None]
+                add("point", w.point, point_loss(rec.world_points, rec.world_points_conf, gt_points,
+                                                 batch.depth > 0, w.point_alpha, w.point_grad_weight))
         md = output.metric_depth
         if md is not None and w.metric_depth > 0 and batch.depth is not None:
-            gt = batch.depth
+            gt = batch.depth.float()
             if gt.shape[-2:] != md.depth.shape[-2:]:
                 gt = F.interpolate(gt.flatten(0, 1)[:, None], size=md.depth.shape[-2:], mode="nearest")
                 gt = gt[:, 0].reshape(*batch.depth.shape[:2], *md.depth.shape[-2:])

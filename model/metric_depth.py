@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.heads.dpt import DPTHead
+from model.precision import fp32_region
 
 Normalization = Literal["log_binomial", "softmax"]
 _NORMALIZATIONS = ("log_binomial", "softmax")
@@ -120,6 +121,8 @@ class MetricDepthConfig:
 class MetricDepthOutput:
     """Output of :class:`MetricDepthModel`.
 
+    Every field is fp32 whatever the compute dtype (:mod:`model.precision`).
+
     Attributes:
         depth: ``[B, S, H, W]`` metric z-depth in metres, within ``[min_depth_m, max_depth_m]``.
         bin_centers: ``[B, S, K, h_d, w_d]`` adapted centres in metres at decoder resolution
@@ -209,15 +212,19 @@ class MetricDepthModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Frames ``[N, P, C]`` x 4 -> depth ``[N, 1, H, W]``, centres and probabilities ``[N, K, h_d, w_d]``."""
         features = self.decoder(maps, grid, dec_hw)  # [N, F, h_d, w_d]
-        probs = self._probabilities(self.prob_head(features))
-        shift = torch.tanh(self.offset_head(features))
-        base = self.base_bin_centers(features.device)
-        room_below, room_above = (r.view(1, -1, 1, 1) for r in self._bin_room(base))
-        offsets = torch.where(shift >= 0, shift * room_above, shift * room_below)
-        centers = (base.view(1, -1, 1, 1) + offsets).to(features.dtype)
-        depth = (probs * centers).sum(dim=1, keepdim=True)
-        if dec_hw != out_hw:
-            depth = F.interpolate(depth, size=out_hw, mode="bilinear", align_corners=False)
+        raw_probs, raw_offsets = self.prob_head(features), self.offset_head(features)
+        # Bin probabilities, centres and their expectation in fp32 whatever the compute dtype (model.precision):
+        # a bf16 softmax over 64 bins and a bf16 64-term sum would cost ~1 % of the depth.
+        with fp32_region(features):
+            probs = self._probabilities(raw_probs.float())
+            shift = torch.tanh(raw_offsets.float())
+            base = self.base_bin_centers(features.device)
+            room_below, room_above = (r.view(1, -1, 1, 1) for r in self._bin_room(base))
+            offsets = torch.where(shift >= 0, shift * room_above, shift * room_below)
+            centers = base.view(1, -1, 1, 1) + offsets
+            depth = (probs * centers).sum(dim=1, keepdim=True)
+            if dec_hw != out_hw:
+                depth = F.interpolate(depth, size=out_hw, mode="bilinear", align_corners=False)
         # Rounding in the sum or interpolation may step a hair outside the range; the range is a hard guarantee.
         return depth.clamp(self.cfg.min_depth_m, self.cfg.max_depth_m), centers, probs
 

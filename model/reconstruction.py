@@ -13,13 +13,15 @@ an arbitrary, clip-consistent unit (metric scale comes from :mod:`model.scale_al
 predicted extrinsics are learned to be the identity (the training targets are expressed in that frame) but are not
 forced to be by construction.
 
-VGGT-1B weights load through :func:`vggt_state_dict_to_ours` (documented in ``docs/vggt_key_mapping.md``).
+VGGT-1B weights load through ``ReconstructionConfig.init_checkpoint`` or :meth:`ReconstructionBranch.load_vggt`
+(key mapping in :mod:`model.vggt_weights`, documented in ``docs/vggt_key_mapping.md``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -29,6 +31,8 @@ from model.heads.camera import CameraHead
 from model.heads.dpt import DPTHead
 from model.layers import Block, RotaryPositionEmbedding2D, patch_positions
 from model.pose_encoding import pose_encoding_to_extrinsics_intrinsics
+from model.precision import fp32_region
+from model.vggt_weights import read_vggt_checkpoint, vggt_state_dict_to_ours
 
 
 @dataclass
@@ -51,9 +55,15 @@ class ReconstructionConfig:
         dpt_features: Fusion width of the depth DPT head.
         dpt_out_channels: Reassembly widths of the four DPT levels.
         dpt_layer_indices: 0-based alternating-attention layers feeding the DPT head (VGGT: 4, 11, 17, 23).
-        frames_chunk_size: Frames decoded by the DPT head at once (bounds peak memory; 0 = all at once).
+        frames_chunk_size: Frames decoded by the DPT heads at once (bounds peak memory; 0 = all at once).
+        enable_point_head: Build VGGT's point-map head (a second DPT head: world points + confidence). The paper's
+            ``L_recon`` is VGGT's camera, depth and point-map losses; VGGT-1B checkpoints carry its weights.
         gradient_checkpointing: Recompute each alternating-attention block in the backward pass instead of storing
             its activations (training-time memory for 24 layers x 32 frames; no effect in eval or without grad).
+        init_checkpoint: Local path of a VGGT-format checkpoint (``facebook/VGGT-1B``'s ``model.pt`` or the same
+            state dict as safetensors) loaded into the branch at construction; every branch parameter must be in
+            it. ``None`` = random init. Remote URIs are the pipelines' to download; a checkpoint's stored config
+            clears this field (its weights hold the branch).
     """
 
     dim: int = 1024
@@ -72,7 +82,9 @@ class ReconstructionConfig:
     dpt_out_channels: tuple[int, int, int, int] = (256, 512, 1024, 1024)
     dpt_layer_indices: tuple[int, int, int, int] = (4, 11, 17, 23)
     frames_chunk_size: int = 8
+    enable_point_head: bool = True
     gradient_checkpointing: bool = False
+    init_checkpoint: str | None = None
 
     def __post_init__(self) -> None:
         self.dpt_out_channels = tuple(int(c) for c in self.dpt_out_channels)
@@ -107,6 +119,8 @@ class ReconstructionConfig:
                 f"ReconstructionConfig.dpt_layer_indices must be 4 indices in [0, {self.num_layers}), "
                 f"got {self.dpt_layer_indices}"
             )
+        if self.init_checkpoint is not None and not str(self.init_checkpoint).strip():
+            raise ValueError("ReconstructionConfig.init_checkpoint must be None or a local file path")
 
     @classmethod
     def tiny(cls) -> ReconstructionConfig:
@@ -131,6 +145,8 @@ class ReconstructionConfig:
 class ReconstructionOutput:
     """Output of :class:`ReconstructionBranch` (frames: world = first camera, OpenCV axes).
 
+    Every field is fp32 whatever the compute dtype (:mod:`model.precision`).
+
     Attributes:
         pose_enc: ``[B, S, 9]`` final pose encoding (see :mod:`model.pose_encoding`).
         extrinsics: ``[B, S, 3, 4]`` camera-from-world, translation in the branch's relative unit.
@@ -138,6 +154,9 @@ class ReconstructionOutput:
         depth: ``[B, S, H, W]`` relative z-depth, positive (exp activation).
         depth_conf: ``[B, S, H, W]`` confidence ``1 + exp(x) >= 1``.
         pose_enc_list: ``[B, S, 9]`` estimate after each refinement iteration (last = ``pose_enc``).
+        world_points: ``[B, S, H, W, 3]`` point map in the world (first-camera) frame, the branch's relative unit
+            (VGGT's ``inv_log`` activation ``sign(x) (exp|x| - 1)``); ``None`` without a point head.
+        world_points_conf: ``[B, S, H, W]`` point confidence ``1 + exp(x) >= 1``; ``None`` without a point head.
     """
 
     pose_enc: torch.Tensor
@@ -146,6 +165,13 @@ class ReconstructionOutput:
     depth: torch.Tensor
     depth_conf: torch.Tensor
     pose_enc_list: list[torch.Tensor]
+    world_points: torch.Tensor | None = None
+    world_points_conf: torch.Tensor | None = None
+
+
+def inverse_log_transform(x: torch.Tensor) -> torch.Tensor:
+    """VGGT's point activation ``sign(x) * (exp(|x|) - 1)``: linear near 0, exponential range for far points."""
+    return torch.sign(x) * torch.expm1(torch.abs(x))
 
 
 def _first_and_rest(table: torch.Tensor, b: int, s: int) -> torch.Tensor:
@@ -216,10 +242,10 @@ class AlternatingAttention(nn.Module):
 
 
 class ReconstructionBranch(nn.Module):
-    """Alternating attention + camera head + depth DPT head.
+    """Alternating attention + camera head + depth DPT head (+ point-map DPT head).
 
     Args:
-        cfg: Branch configuration.
+        cfg: Branch configuration; with ``cfg.init_checkpoint`` the VGGT weights are loaded at construction.
     """
 
     def __init__(self, cfg: ReconstructionConfig) -> None:
@@ -231,6 +257,34 @@ class ReconstructionBranch(nn.Module):
         )
         self.depth_head = DPTHead(2 * cfg.dim, cfg.patch_size, cfg.dpt_layer_indices, cfg.dpt_features,
                                   cfg.dpt_out_channels, output_dim=2)  # fmt: skip
+        self.point_head = (
+            DPTHead(2 * cfg.dim, cfg.patch_size, cfg.dpt_layer_indices, cfg.dpt_features, cfg.dpt_out_channels,
+                    output_dim=4)
+            if cfg.enable_point_head else None
+        )  # fmt: skip
+        if cfg.init_checkpoint is not None:
+            self.load_vggt(cfg.init_checkpoint)
+
+    def load_vggt(self, checkpoint: str | Path | Mapping[str, torch.Tensor]) -> None:
+        """Load VGGT weights: every parameter of the branch from the checkpoint, nothing left over.
+
+        Args:
+            checkpoint: a local VGGT-format file (see :func:`model.vggt_weights.read_vggt_checkpoint`) or a VGGT
+                state dict already in memory. Its DINOv2 (``aggregator.patch_embed.*``) and track head are not
+                part of the branch and are skipped; the point head is skipped when the branch has none.
+
+        Raises:
+            ValueError: a key of the checkpoint has no counterpart, a branch parameter is missing from it, or a
+                shape differs (the message names the checkpoint and the keys).
+        """
+        where = str(checkpoint) if isinstance(checkpoint, str | Path) else "state dict"
+        state = read_vggt_checkpoint(checkpoint) if isinstance(checkpoint, str | Path) else checkpoint
+        ours = vggt_state_dict_to_ours(state, point_head=self.point_head is not None)
+        try:
+            self.load_state_dict(ours, strict=True)
+        except RuntimeError as err:
+            detail = " ".join(str(err).split())  # one line: torch's message spans several
+            raise ValueError(f"VGGT checkpoint {where} does not fit the reconstruction branch: {detail}") from err
 
     def forward(
         self, geom: torch.Tensor, grid: tuple[int, int], image_hw: tuple[int, int]
@@ -262,58 +316,30 @@ class ReconstructionBranch(nn.Module):
         pose_enc_list = self.camera_head(layers[last][:, :, 0], self.cfg.num_camera_iterations)
         start = self.alternating.patch_start_idx
         patch_maps = {i: t[:, :, start:].reshape(b * s, p, t.shape[-1]) for i, t in layers.items()}
-        chunk = self.cfg.frames_chunk_size or b * s
-        raw = torch.cat(
-            [
-                self.depth_head({i: t[j : j + chunk] for i, t in patch_maps.items()}, grid, tuple(image_hw))
-                for j in range(0, b * s, chunk)
-            ]
-        )
-        depth = torch.exp(raw[:, 0]).reshape(b, s, *image_hw)
-        depth_conf = (1 + torch.exp(raw[:, 1])).reshape(b, s, *image_hw)
-        pose_enc = pose_enc_list[-1]
-        extrinsics, intrinsics = pose_encoding_to_extrinsics_intrinsics(pose_enc, tuple(image_hw))
+        raw = self._dense(self.depth_head, patch_maps, grid, tuple(image_hw))
+        raw_points = None if self.point_head is None else self._dense(self.point_head, patch_maps, grid,
+                                                                     tuple(image_hw))
+        with fp32_region(raw):
+            # The activations and everything downstream are geometry: fp32 (model.precision).
+            raw = raw.float()
+            depth = torch.exp(raw[:, 0]).reshape(b, s, *image_hw)
+            depth_conf = (1 + torch.exp(raw[:, 1])).reshape(b, s, *image_hw)
+            pose_enc = pose_enc_list[-1]
+            extrinsics, intrinsics = pose_encoding_to_extrinsics_intrinsics(pose_enc, tuple(image_hw))
+            points = points_conf = None
+            if raw_points is not None:
+                raw_points = raw_points.float()
+                points = inverse_log_transform(raw_points[:, :3]).permute(0, 2, 3, 1).reshape(b, s, *image_hw, 3)
+                points_conf = (1 + torch.exp(raw_points[:, 3])).reshape(b, s, *image_hw)
         return ReconstructionOutput(pose_enc=pose_enc, extrinsics=extrinsics, intrinsics=intrinsics, depth=depth,
-                                    depth_conf=depth_conf, pose_enc_list=pose_enc_list)  # fmt: skip
+                                    depth_conf=depth_conf, pose_enc_list=pose_enc_list, world_points=points,
+                                    world_points_conf=points_conf)  # fmt: skip
 
-
-# VGGT-1B key prefix -> our ReconstructionBranch key prefix (docs/vggt_key_mapping.md has the full table).
-VGGT_PREFIX_MAP: dict[str, str] = {
-    "aggregator.camera_token": "alternating.camera_token",
-    "aggregator.register_token": "alternating.register_token",
-    "aggregator.frame_blocks.": "alternating.frame_blocks.",
-    "aggregator.global_blocks.": "alternating.global_blocks.",
-    "camera_head.": "camera_head.",
-    "depth_head.": "depth_head.",
-}
-# VGGT parts with no counterpart in the reconstruction branch: the DINOv2 patch embed lives in our shared encoder
-# (convert it with model.encoder.vggt_patch_embed_to_hf_dinov2); point and track heads are not used by Vid-LLM.
-VGGT_SKIPPED_PREFIXES: tuple[str, ...] = ("aggregator.patch_embed.", "point_head.", "track_head.")
-
-
-def vggt_state_dict_to_ours(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a VGGT (``facebook/VGGT-1B``) state dict to :class:`ReconstructionBranch` keys.
-
-    Args:
-        state_dict: VGGT ``model.state_dict()`` (keys like ``aggregator.frame_blocks.0.attn.qkv.weight``).
-
-    Returns:
-        A state dict for ``ReconstructionBranch(ReconstructionConfig.base()).load_state_dict(..., strict=True)``.
-        Keys under :data:`VGGT_SKIPPED_PREFIXES` are left out.
-
-    Raises:
-        ValueError: A key matches neither a mapped nor a skipped prefix (not a VGGT checkpoint, or a new version).
-    """
-    ours: dict[str, torch.Tensor] = {}
-    unknown = []
-    for key, value in state_dict.items():
-        if key.startswith(VGGT_SKIPPED_PREFIXES):
-            continue
-        prefix = next((p for p in VGGT_PREFIX_MAP if key.startswith(p)), None)
-        if prefix is None:
-            unknown.append(key)
-            continue
-        ours[VGGT_PREFIX_MAP[prefix] + key[len(prefix) :]] = value
-    if unknown:
-        raise ValueError(f"VGGT state dict has {len(unknown)} unmapped keys, e.g. {unknown[:5]}")
-    return ours
+    def _dense(self, head: DPTHead, patch_maps: dict[int, torch.Tensor], grid: tuple[int, int],
+               image_hw: tuple[int, int]) -> torch.Tensor:
+        """Run a DPT head over ``[N, P, 2C]`` patch maps in chunks of ``frames_chunk_size`` frames -> raw
+        ``[N, out, H, W]``."""
+        n = next(iter(patch_maps.values())).shape[0]
+        chunk = self.cfg.frames_chunk_size or n
+        return torch.cat([head({i: t[j : j + chunk] for i, t in patch_maps.items()}, grid, image_hw)
+                          for j in range(0, n, chunk)])  # fmt: skip

@@ -56,6 +56,7 @@ def _architecture_only(cfg: VidLLMConfig, llm_arch: dict) -> VidLLMConfig:
     return dataclasses.replace(
         cfg,
         encoder=dataclasses.replace(cfg.encoder, pretrained_path=None),
+        reconstruction=dataclasses.replace(cfg.reconstruction, init_checkpoint=None),
         llm=dataclasses.replace(cfg.llm, pretrained_path=None, arch=llm_arch),
     )
 

@@ -58,7 +58,7 @@ class CameraHead(nn.Module):
             num_iterations: Refinement iterations (>= 1).
 
         Returns:
-            ``num_iterations`` tensors ``[B, S, 9]``; the last is the final estimate. Translation and quaternion are
+            ``num_iterations`` fp32 tensors ``[B, S, 9]``; the last is the final estimate. Translation and quaternion are
             linear outputs; the two FoVs go through a ReLU (non-negative), as in VGGT.
         """
         if num_iterations < 1:
@@ -75,10 +75,11 @@ class CameraHead(nn.Module):
                 # ``detach(previous) + delta_k``, so its loss trains only delta_k and gradients do not chain back
                 # through earlier iterations (each iteration learns a correction of a fixed estimate).
                 pose = pose.detach()
-                cond = self.embed_pose(pose)
+                cond = self.embed_pose(pose.to(self.embed_pose.weight.dtype))
             shift, scale, gate = self.poseLN_modulation(cond).chunk(3, dim=-1)
             x = gate * (self.adaln_norm(tokens) * (1 + scale) + shift) + tokens
-            delta = self.pose_branch(self.trunk_norm(self.trunk(x)))
+            # The estimate accumulates in fp32 (a pose, not a feature; see model.precision).
+            delta = self.pose_branch(self.trunk_norm(self.trunk(x))).float()
             pose = delta if pose is None else pose + delta
             pose_list.append(torch.cat((pose[..., :7], F.relu(pose[..., 7:])), dim=-1))
         return pose_list

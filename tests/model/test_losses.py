@@ -19,6 +19,7 @@ from model.losses import (
     lang_distill_loss,
     lm_loss,
     metric_depth_loss,
+    point_loss,
     structural_consistency_loss,
 )
 
@@ -147,9 +148,53 @@ def test_gt_scene_scale_is_mean_point_distance():
     assert no_depth.item() == 1.0
 
 
+def test_loss_weights_point_defaults_off():
+    assert LossWeights().point == 0.0 and LossWeights().point_alpha == 0.2
+
+
 def test_loss_weights_presets_and_validation():
     s1, s2 = LossWeights.stage1(), LossWeights.stage2()
     assert s1.geo > 0 and s1.lang > 0 and s1.sc > 0 and s1.lm == 0 and s1.camera == 0
     assert s2.geo == 0 and s2.camera == 5.0 and s2.depth > 0 and s2.lm > 0 and s2.box > 0 and s2.metric_depth > 0
     with pytest.raises(ValueError, match="non-negative"):
         LossWeights(lm=-1.0)
+
+
+def test_point_loss_zero_at_gt_confidence_weighted_distance_and_finite_when_empty():
+    gt = torch.randn(1, 2, 5, 6, 3)
+    valid = torch.ones(1, 2, 5, 6, dtype=torch.bool)
+    conf = torch.ones(1, 2, 5, 6)
+    assert point_loss(gt, conf, gt, valid).item() == pytest.approx(0.0, abs=1e-7)
+    offset = gt + torch.tensor([0.3, 0.0, 0.4])  # a constant offset: distance 0.5, no gradient term
+    assert point_loss(offset, conf, gt, valid).item() == pytest.approx(0.5, abs=1e-6)
+    # VGGT's c * err - alpha * log c: confidence 2 doubles the error and subtracts alpha log 2.
+    assert point_loss(offset, 2 * conf, gt, valid, alpha=0.2).item() == pytest.approx(1.0 - 0.2 * math.log(2), abs=1e-6)
+    bent = gt.clone()
+    bent[..., 3:, :] += 1.0  # a step between columns 2 and 3: the gradient term sees it
+    assert point_loss(bent, conf, gt, valid, grad_weight=1.0).item() > point_loss(bent, conf, gt, valid,
+                                                                                  grad_weight=0.0).item()
+    empty = point_loss(offset, conf, gt, torch.zeros_like(valid))
+    assert torch.isfinite(empty) and empty.item() == 0.0
+
+
+def test_multitask_point_term_uses_gt_points_in_the_first_camera_frame_at_the_gt_scene_scale(tokenizer):
+    """With the point head predicting exactly the back-projected GT depth (normalised like depth), the point
+    term is 0; shifting the prediction by 0.1 scene units costs exactly 0.1."""
+    from types import SimpleNamespace
+
+    from model.geometry import backproject_depth
+    from model.losses import MultitaskLoss
+
+    from .conftest import make_batch
+
+    batch = make_batch(tokenizer)
+    scale = gt_scene_scale(batch.depth, batch.extrinsics, batch.intrinsics, (28, 28))
+    gt_points = backproject_depth(batch.depth, batch.extrinsics, batch.intrinsics, (28, 28))
+    gt_points = gt_points / scale[:, None, None, None, None]
+    conf = torch.ones(batch.depth.shape)
+    for shift, expected in ((0.0, 0.0), (0.1, 0.1)):
+        rec = SimpleNamespace(world_points=gt_points + torch.tensor([shift, 0.0, 0.0]), world_points_conf=conf)
+        out = SimpleNamespace(distill=None, reconstruction=rec, metric_depth=None, lm_logits=None, grounding=None,
+                              image_hw=(28, 28))
+        _, terms = MultitaskLoss(LossWeights(point=1.0))(out, batch)
+        assert terms["point"].item() == pytest.approx(expected, abs=1e-5)
