@@ -53,27 +53,65 @@ def lang_distill_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Ten
     return (1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
 
 
-def gram_tokens(geo: torch.Tensor | None, sem: torch.Tensor | None) -> torch.Tensor:
-    """``Z = [Norm(geo tokens); Norm(pooled sem)]`` per frame: ``[B, S, Pt, D]`` and ``[B, S, D]`` ->
-    ``[B*S, M, D]`` with ``M = Pt + 1`` (either part may be absent)."""
-    parts = []
-    if geo is not None:
-        parts.append(F.normalize(geo.float(), dim=-1).flatten(0, 1))
-    if sem is not None:
-        parts.append(F.normalize(sem.float(), dim=-1).flatten(0, 1)[:, None])
-    if not parts:
-        raise ValueError("gram_tokens needs geometry tokens, semantic features or both")
-    return torch.cat(parts, dim=1)
+def structural_consistency_loss(
+    student_geo: torch.Tensor | None,
+    teacher_geo: torch.Tensor | None,
+    student_sem: torch.Tensor | None = None,
+    teacher_sem: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Paper Eq. 7, ``L_sc = (1/M²) ||S_stu - S_tea||_F²`` with ``S = Z Zᵀ``, ``Z = [Norm(T'_geom); Norm(T'_lang)]``,
+    per frame, averaged over frames.
 
+    **Student side**, as the equation writes it: ``Z_stu`` stacks the ``Pt`` geometry tokens (resampled to the
+    teacher grid) and the ``P`` *tokens* of the semantic stream, each L2-normalised: ``M = Pt + P`` rows.
 
-def structural_consistency_loss(student_z: torch.Tensor, teacher_z: torch.Tensor) -> torch.Tensor:
-    """``(1/M²) ||Z_s Z_sᵀ - Z_t Z_tᵀ||_F²`` averaged over frames; ``Z``: ``[N, M, D]``."""
-    if student_z.numel() == 0:
-        return student_z.sum()
-    m = student_z.shape[1]
-    gram_s = student_z @ student_z.transpose(1, 2)
-    gram_t = teacher_z @ teacher_z.transpose(1, 2)
-    return (gram_s - gram_t).pow(2).sum(dim=(1, 2)).mean() / (m * m)
+    **Teacher side.** The geometry teacher gives ``Pt`` patch tokens, the rows of ``Norm(T^geo_tea)``. The semantic
+    teacher (CLIP) gives only one pooled feature per frame, so where the teacher is pooled its pooled feature
+    stands in for every semantic token: each of the ``P`` semantic rows of ``Z_tea`` is ``Norm(Pool(T^lang_tea))``
+    (the same vector ``L_lang`` uses). ``S_tea = Z_tea Z_teaᵀ`` then has three blocks:
+
+    * geometry x geometry (``Pt x Pt``): the teacher's patch similarities, compared entry by entry;
+    * geometry x semantic (``Pt x P``, and its transpose): ``cos(t_i, t̄)``, how each geometry patch relates to the
+      frame's global semantics, the target for ``cos(g_i, l_k)`` of *every* student semantic token ``k``;
+    * semantic x semantic (``P x P``): identically 1 (a repeated unit vector). It carries no information about the
+      teacher, and matching it would pull every semantic token of a frame onto one direction (token collapse,
+      destroying the per-patch semantics the 3D-VL branch lifts into 3D). This block is left out.
+
+    The loss is therefore ``||W ⊙ (S_stu - S_tea)||_F² / sum(W)`` with ``W`` zero on the semantic x semantic
+    block and one elsewhere; ``sum(W) = Pt² + 2 Pt P`` replaces the paper's ``M²`` so the value is a mean squared
+    difference per compared entry. The two informative blocks are computed directly (``Pt x Pt`` and ``Pt x P``
+    matrices); the ``M x M`` Gram matrix is never materialised. With geometry tokens only (no semantic teacher)
+    this is the plain ``Pt x Pt`` Gram loss. Without geometry tokens no teacher similarity is defined and the loss
+    is 0.
+
+    Args:
+        student_geo: ``[B, S, Pt, D]`` projected student geometry tokens on the teacher grid, or ``None``.
+        teacher_geo: ``[B, S, Pt, D]`` projected geometry-teacher tokens (``None`` with ``student_geo``).
+        student_sem: ``[B, S, P, D]`` projected student semantic tokens, or ``None``.
+        teacher_sem: ``[B, S, D]`` projected pooled semantic-teacher feature (``None`` with ``student_sem``).
+
+    Returns:
+        Scalar fp32 loss, 0 when the student and teacher similarity structures agree.
+    """
+    if student_geo is None:
+        if student_sem is None:
+            raise ValueError("structural_consistency_loss needs geometry tokens, semantic tokens or both")
+        return student_sem.sum() * 0.0
+    g_s = F.normalize(student_geo.float(), dim=-1).flatten(0, 1)  # [N, Pt, D]
+    g_t = F.normalize(teacher_geo.float(), dim=-1).flatten(0, 1)
+    if g_s.numel() == 0:
+        return g_s.sum()
+    pt = g_s.shape[1]
+    squared = (g_s @ g_s.transpose(1, 2) - g_t @ g_t.transpose(1, 2)).pow(2).sum(dim=(1, 2))
+    entries = pt * pt
+    if student_sem is not None:
+        l_s = F.normalize(student_sem.float(), dim=-1).flatten(0, 1)  # [N, P, D]
+        t_bar = F.normalize(teacher_sem.float(), dim=-1).flatten(0, 1)  # [N, D]
+        cross_s = g_s @ l_s.transpose(1, 2)  # [N, Pt, P]
+        cross_t = (g_t @ t_bar[..., None])  # [N, Pt, 1]: the same for every semantic token
+        squared = squared + 2 * (cross_s - cross_t).pow(2).sum(dim=(1, 2))  # both off-diagonal blocks
+        entries += 2 * pt * l_s.shape[1]
+    return (squared / entries).mean()
 
 
 # ---------------------------------------------------------------- Stage 2: reconstruction
@@ -331,9 +369,9 @@ class MultitaskLoss:
                 add("geo", w.geo, geo_distill_loss(d.student_geo, d.teacher_geo))
             if w.lang > 0 and d.student_sem is not None:
                 add("lang", w.lang, lang_distill_loss(d.student_sem, d.teacher_sem))
-            if w.sc > 0 and (d.student_geo is not None or d.student_sem is not None):
-                add("sc", w.sc, structural_consistency_loss(gram_tokens(d.student_geo, d.student_sem),
-                                                            gram_tokens(d.teacher_geo, d.teacher_sem)))
+            if w.sc > 0 and (d.student_geo is not None or d.student_sem_tokens is not None):
+                add("sc", w.sc, structural_consistency_loss(d.student_geo, d.teacher_geo, d.student_sem_tokens,
+                                                            d.teacher_sem))
         rec = output.reconstruction
         has_cam = batch.extrinsics is not None and batch.intrinsics is not None
         if rec is not None and has_cam and (w.camera > 0 or w.depth > 0 or w.point > 0):

@@ -67,13 +67,15 @@ class DistillFeatures:
     Attributes:
         student_geo: ``[B, S, Pt, Dd]`` projected student geometry tokens resampled to the teacher grid.
         teacher_geo: ``[B, S, Pt, Dd]`` projected teacher patch tokens (no gradient).
-        student_sem: ``[B, S, Dd]`` projected mean-pooled student semantic tokens.
+        student_sem: ``[B, S, Dd]`` projected mean-pooled student semantic tokens (``L_lang``).
+        student_sem_tokens: ``[B, S, P, Dd]`` projected student semantic tokens (``L_sc``, Eq. 7).
         teacher_sem: ``[B, S, Dd]`` projected teacher pooled features (no gradient).
     """
 
     student_geo: torch.Tensor | None = None
     teacher_geo: torch.Tensor | None = None
     student_sem: torch.Tensor | None = None
+    student_sem_tokens: torch.Tensor | None = None
     teacher_sem: torch.Tensor | None = None
 
 

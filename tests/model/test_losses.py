@@ -14,7 +14,6 @@ from model.losses import (
     camera_loss,
     depth_loss,
     geo_distill_loss,
-    gram_tokens,
     gt_scene_scale,
     lang_distill_loss,
     lm_loss,
@@ -39,20 +38,75 @@ def test_lang_distill_zero_at_gt_and_one_when_orthogonal():
     assert lang_distill_loss(a, b).item() == pytest.approx(1.0)
 
 
-def test_structural_consistency_zero_for_equal_gram_and_rotation_invariant():
+def _eq7_by_the_book(sg, tg, ss, ts):
+    """Eq. 7 with the M x M Gram matrices built explicitly: Z_stu = [geo tokens; semantic tokens], Z_tea = [teacher
+    geo tokens; the pooled teacher feature once per semantic token], the semantic x semantic block masked out."""
+    import torch.nn.functional as F
+
+    n = lambda x: F.normalize(x, dim=-1)  # noqa: E731
+    losses = []
+    for b in range(sg.shape[0]):
+        for f in range(sg.shape[1]):
+            pt, p = sg.shape[2], ss.shape[2]
+            z_s = torch.cat([n(sg[b, f]), n(ss[b, f])])
+            z_t = torch.cat([n(tg[b, f]), n(ts[b, f]).expand(p, -1)])
+            w = torch.ones(pt + p, pt + p)
+            w[pt:, pt:] = 0
+            diff = z_s @ z_s.T - z_t @ z_t.T
+            losses.append((w * diff.pow(2)).sum() / w.sum())
+    return torch.stack(losses).mean()
+
+
+def test_structural_consistency_is_eq7_over_the_semantic_tokens_with_the_pooled_teacher():
+    gen = torch.Generator().manual_seed(0)
+    sg, tg = torch.randn(2, 3, 4, 6, generator=gen), torch.randn(2, 3, 4, 6, generator=gen)
+    ss, ts = torch.randn(2, 3, 5, 6, generator=gen), torch.randn(2, 3, 6, generator=gen)
+    value = structural_consistency_loss(sg, tg, ss, ts)
+    assert value.item() == pytest.approx(_eq7_by_the_book(sg, tg, ss, ts).item(), rel=1e-5)
+    # Every semantic token counts, not only their mean: moving two tokens in opposite directions keeps the pooled
+    # feature but changes the loss.
+    moved = ss.clone()
+    moved[:, :, 0] += 3.0
+    moved[:, :, 1] -= 3.0
+    assert torch.allclose(moved.mean(dim=2), ss.mean(dim=2), atol=1e-6)
+    assert structural_consistency_loss(sg, tg, moved, ts).item() != pytest.approx(value.item(), rel=1e-3)
+    # The semantic x semantic block is not compared. Geometry tokens span e1..e3; the pooled teacher feature is
+    # t = cos(phi) e1 + sin(phi) e4; the student's semantic tokens l_k = cos(phi) e1 + sin(phi) e_{4+k} relate to
+    # every geometry token exactly as t does, but not to each other as copies of t would (cos² phi, not 1).
+    phi = 0.7
+    geo = torch.zeros(1, 1, 4, 6)
+    geo[..., :3] = torch.randn(1, 1, 4, 3, generator=gen)
+    pooled = torch.zeros(1, 1, 6)
+    pooled[..., 0], pooled[..., 3] = math.cos(phi), math.sin(phi)
+    tokens = torch.zeros(1, 1, 3, 6)
+    tokens[..., 0] = math.cos(phi)
+    for k in range(3):
+        tokens[0, 0, k, 3 + k] = math.sin(phi)
+    assert structural_consistency_loss(geo, geo, tokens, pooled).item() == pytest.approx(0.0, abs=1e-6)
+    mutual = tokens[0, 0] @ tokens[0, 0].T
+    assert mutual[0, 1].item() == pytest.approx(math.cos(phi) ** 2, abs=1e-6)  # the block that is left out
+
+
+def test_structural_consistency_is_rotation_invariant_and_reduces_to_the_geometry_gram():
     torch.manual_seed(0)
-    geo, sem = torch.randn(2, 3, 4, 6), torch.randn(2, 3, 6)
-    z = gram_tokens(geo, sem)
-    assert z.shape == (6, 5, 6)
+    geo, sem_tokens, sem = torch.randn(2, 3, 4, 6), torch.randn(2, 3, 5, 6), torch.randn(2, 3, 6)
     q, _ = torch.linalg.qr(torch.randn(6, 6))
     # A rotated copy has the same token similarities: L_sc = 0 although L_geo > 0.
-    assert structural_consistency_loss(gram_tokens(geo @ q, sem @ q), z).item() == pytest.approx(0.0, abs=1e-6)
+    reference = structural_consistency_loss(geo, geo, sem_tokens, sem)
+    rotated = structural_consistency_loss(geo @ q, geo, sem_tokens @ q, sem)
+    assert rotated.item() == pytest.approx(reference.item(), abs=1e-6)
+    assert structural_consistency_loss(geo @ q, geo).item() == pytest.approx(0.0, abs=1e-6)
     assert geo_distill_loss(geo @ q, geo).item() > 0.1
-    assert structural_consistency_loss(gram_tokens(torch.randn_like(geo), sem), z).item() > 0
-    # Hand value: two tokens, student orthogonal, teacher parallel -> off-diagonals differ by 1: 2 / 2² = 0.5.
-    s = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
-    t = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+    # Hand value, geometry only: two tokens, student orthogonal, teacher parallel -> off-diagonals differ by 1.
+    s = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
+    t = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
     assert structural_consistency_loss(s, t).item() == pytest.approx(0.5)
+    # No geometry tokens: no teacher similarity is defined; zero, but still in the graph.
+    tokens = torch.randn(1, 1, 3, 2, requires_grad=True)
+    none = structural_consistency_loss(None, None, tokens, torch.randn(1, 1, 2))
+    assert none.item() == 0.0 and none.requires_grad
+    with pytest.raises(ValueError, match="needs geometry tokens"):
+        structural_consistency_loss(None, None)
 
 
 def test_camera_loss_zero_at_gt_and_weights_last_iteration_most():
