@@ -1,7 +1,9 @@
 """The training/inference batch consumed by :meth:`model.vidllm.VidLLM.forward`.
 
 Every field is a tensor (or ``None`` when the sample set has no such target). Frames are the only required
-field; the targets present decide which losses :class:`model.losses.MultitaskLoss` can compute.
+field; the targets present decide which losses :class:`model.losses.MultitaskLoss` can compute. Like the outputs
+it is a ``ModelOutput`` (:class:`model.outputs.Output`), so DeepSpeed ZeRO-3 sees the tensors of the batch that
+``VidLLM.forward`` takes as its input.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from dataclasses import dataclass
 
 import torch
 
+from model.outputs import Output
+
 # Fields that feed the network (cast with the model's compute dtype); everything else is a target.
 MODEL_INPUTS = frozenset({"frames", "teacher_geo", "teacher_sem"})
 
 
 @dataclass
-class VidLLMBatch:
+class VidLLMBatch(Output):
     """A batch of video clips with optional geometric, teacher and language targets.
 
     Attributes:
@@ -49,6 +53,7 @@ class VidLLMBatch:
     box_mask: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.frames.dim() != 5 or self.frames.shape[2] != 3:
             raise ValueError(f"VidLLMBatch.frames must be [B,S,3,H,W], got {tuple(self.frames.shape)}")
         b, s, _, h, w = self.frames.shape

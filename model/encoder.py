@@ -25,6 +25,8 @@ from transformers import (
     PretrainedConfig,
 )
 
+from model.outputs import Output
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -150,7 +152,7 @@ class EncoderConfig:
 
 
 @dataclass
-class EncoderOutput:
+class EncoderOutput(Output):
     """Output of :class:`Encoder`.
 
     Attributes:

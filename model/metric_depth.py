@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.heads.dpt import DPTHead
+from model.outputs import Output
 from model.precision import fp32_region
 
 Normalization = Literal["log_binomial", "softmax"]
@@ -118,7 +119,7 @@ class MetricDepthConfig:
 
 
 @dataclass
-class MetricDepthOutput:
+class MetricDepthOutput(Output):
     """Output of :class:`MetricDepthModel`.
 
     Every field is fp32 whatever the compute dtype (:mod:`model.precision`).

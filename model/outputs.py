@@ -1,4 +1,12 @@
-"""Typed outputs of Vid-LLM (shapes, units and frames documented per field)."""
+"""Typed outputs of Vid-LLM (shapes, units and frames documented per field).
+
+Every output, of the whole model and of each component (encoder, adapter, reconstruction branch, metric depth,
+3D-VL branch, box head), is a :class:`Output`, i.e. a ``transformers.utils.ModelOutput``: a dataclass that is also
+a dict of its non-``None`` fields. Code that walks module outputs through dicts, lists and tuples sees every
+tensor, which is what DeepSpeed ZeRO-3 needs to hook each sub-module (gather its parameters before its forward,
+release them after, and again around its backward) instead of treating the whole model as one leaf. Attribute
+access, ``dataclasses.fields``/``replace`` and pickling work as for plain dataclasses.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from transformers.utils import ModelOutput
 
 if TYPE_CHECKING:
     from model.adapter import AdapterOutput
@@ -15,7 +24,24 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class SceneEncoding:
+class Output(ModelOutput):
+    """Base of every Vid-LLM output.
+
+    ``ModelOutput.__post_init__`` treats a dict-valued first field as a list of key/value pairs when every other
+    field is ``None`` (it would turn ``VidLLMOutput(adapter=AdapterOutput(...), ...)`` inside out, since an
+    ``AdapterOutput`` is itself a dict). This ``__post_init__`` instead keeps every field as given and mirrors the
+    non-``None`` ones into the dict.
+    """
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                self[f.name] = value
+
+
+@dataclass
+class SceneEncoding(Output):
     """Everything the LLM needs about a clip; what the serving cache keeps per scene.
 
     Attributes:
@@ -45,7 +71,7 @@ class SceneEncoding:
 
 
 @dataclass
-class GroundingOutput:
+class GroundingOutput(Output):
     """Box predictions for one ``<loc>`` per batch item.
 
     Attributes:
@@ -61,7 +87,7 @@ class GroundingOutput:
 
 
 @dataclass
-class DistillFeatures:
+class DistillFeatures(Output):
     """Stage-1 features in the common distillation space (per frame).
 
     Attributes:
@@ -80,7 +106,7 @@ class DistillFeatures:
 
 
 @dataclass
-class VidLLMOutput:
+class VidLLMOutput(Output):
     """Output of :meth:`model.vidllm.VidLLM.forward`; branches that did not run are ``None``.
 
     Attributes:

@@ -30,6 +30,7 @@ from torch.utils.checkpoint import checkpoint
 from model.heads.camera import CameraHead
 from model.heads.dpt import DPTHead
 from model.layers import Block, RotaryPositionEmbedding2D, patch_positions
+from model.outputs import Output
 from model.pose_encoding import pose_encoding_to_extrinsics_intrinsics
 from model.precision import fp32_region
 from model.vggt_weights import read_vggt_checkpoint, vggt_state_dict_to_ours
@@ -142,7 +143,7 @@ class ReconstructionConfig:
 
 
 @dataclass
-class ReconstructionOutput:
+class ReconstructionOutput(Output):
     """Output of :class:`ReconstructionBranch` (frames: world = first camera, OpenCV axes).
 
     Every field is fp32 whatever the compute dtype (:mod:`model.precision`).
