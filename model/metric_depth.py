@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.heads.dpt import DPTHead
+from model.layers import maybe_checkpoint
 from model.outputs import Output
 from model.precision import fp32_region
 
@@ -158,6 +159,9 @@ def log_binomial_probs(q: torch.Tensor, temperature: torch.Tensor, num_bins: int
 class MetricDepthModel(nn.Module):
     """DPT decoder + metric bins head.
 
+    ``gradient_checkpointing`` (off by default; a run-time switch) recomputes the decoder and bin heads of each
+    frame chunk in the backward pass instead of storing their full-resolution activations.
+
     Args:
         cfg: Metric depth configuration.
     """
@@ -165,6 +169,7 @@ class MetricDepthModel(nn.Module):
     def __init__(self, cfg: MetricDepthConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.gradient_checkpointing = False
         self.decoder = DPTHead(cfg.dim, cfg.patch_size, (0, 1, 2, 3), cfg.features, cfg.out_channels,
                                feature_only=True)  # fmt: skip
         num_prob_channels = 2 if cfg.normalization == "log_binomial" else cfg.num_bins
@@ -255,7 +260,11 @@ class MetricDepthModel(nn.Module):
         dec_hw = (max(1, height // self.cfg.down_ratio), max(1, width // self.cfg.down_ratio))
         maps = [t.reshape(b * s, p, c) for t in layer_tokens]
         chunk = self.cfg.frames_chunk_size or b * s
-        parts = [self._decode([m[i : i + chunk] for m in maps], grid, dec_hw, (height, width))
+
+        def decode(*chunk_maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            return self._decode(list(chunk_maps), grid, dec_hw, (height, width))
+
+        parts = [maybe_checkpoint(self, self.gradient_checkpointing, decode, *(m[i : i + chunk] for m in maps))
                  for i in range(0, b * s, chunk)]  # fmt: skip
         depth, centers, probs = (torch.cat(items) for items in zip(*parts, strict=True))
         k = self.cfg.num_bins

@@ -25,11 +25,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from model.heads.camera import CameraHead
 from model.heads.dpt import DPTHead
-from model.layers import Block, RotaryPositionEmbedding2D, patch_positions
+from model.layers import Block, RotaryPositionEmbedding2D, maybe_checkpoint, patch_positions
 from model.outputs import Output
 from model.pose_encoding import pose_encoding_to_extrinsics_intrinsics
 from model.precision import fp32_region
@@ -59,8 +58,6 @@ class ReconstructionConfig:
         frames_chunk_size: Frames decoded by the DPT heads at once (bounds peak memory; 0 = all at once).
         enable_point_head: Build VGGT's point-map head (a second DPT head: world points + confidence). The paper's
             ``L_recon`` is VGGT's camera, depth and point-map losses; VGGT-1B checkpoints carry its weights.
-        gradient_checkpointing: Recompute each alternating-attention block in the backward pass instead of storing
-            its activations (training-time memory for 24 layers x 32 frames; no effect in eval or without grad).
         init_checkpoint: Local path of a VGGT-format checkpoint (``facebook/VGGT-1B``'s ``model.pt`` or the same
             state dict as safetensors) loaded into the branch at construction; every branch parameter must be in
             it. ``None`` = random init. Remote URIs are the pipelines' to download; a checkpoint's stored config
@@ -84,7 +81,6 @@ class ReconstructionConfig:
     dpt_layer_indices: tuple[int, int, int, int] = (4, 11, 17, 23)
     frames_chunk_size: int = 8
     enable_point_head: bool = True
-    gradient_checkpointing: bool = False
     init_checkpoint: str | None = None
 
     def __post_init__(self) -> None:
@@ -185,6 +181,9 @@ def _first_and_rest(table: torch.Tensor, b: int, s: int) -> torch.Tensor:
 class AlternatingAttention(nn.Module):
     """VGGT aggregator minus the patch embedding: frame attention and global attention, alternating.
 
+    ``gradient_checkpointing`` (off by default; a run-time switch, see ``VidLLM.set_activation_checkpointing``)
+    recomputes each block in the backward pass instead of storing its activations.
+
     Args:
         cfg: Branch configuration.
     """
@@ -192,6 +191,7 @@ class AlternatingAttention(nn.Module):
     def __init__(self, cfg: ReconstructionConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.gradient_checkpointing = False
         self.rope = RotaryPositionEmbedding2D(cfg.rope_frequency) if cfg.rope_frequency > 0 else None
         self.frame_blocks = nn.ModuleList(self._make_blocks(cfg))
         self.global_blocks = nn.ModuleList(self._make_blocks(cfg))
@@ -206,9 +206,7 @@ class AlternatingAttention(nn.Module):
         ]
 
     def _run(self, block: Block, tokens: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
-        if self.cfg.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, tokens, pos, use_reentrant=False)
-        return block(tokens, pos)
+        return maybe_checkpoint(self, self.gradient_checkpointing, block, tokens, pos)
 
     def forward(self, geom: torch.Tensor, grid: tuple[int, int], keep: set[int]) -> dict[int, torch.Tensor]:
         """Run all layers.
@@ -245,6 +243,10 @@ class AlternatingAttention(nn.Module):
 class ReconstructionBranch(nn.Module):
     """Alternating attention + camera head + depth DPT head (+ point-map DPT head).
 
+    ``gradient_checkpointing`` (off by default; a run-time switch) recomputes each DPT-head call (one per frame
+    chunk) in the backward pass; the alternating blocks have their own switch
+    (``alternating.gradient_checkpointing``).
+
     Args:
         cfg: Branch configuration; with ``cfg.init_checkpoint`` the VGGT weights are loaded at construction.
     """
@@ -252,6 +254,7 @@ class ReconstructionBranch(nn.Module):
     def __init__(self, cfg: ReconstructionConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.gradient_checkpointing = False
         self.alternating = AlternatingAttention(cfg)
         self.camera_head = CameraHead(
             2 * cfg.dim, cfg.camera_num_layers, cfg.camera_num_heads, 4.0, cfg.init_values
@@ -342,5 +345,11 @@ class ReconstructionBranch(nn.Module):
         ``[N, out, H, W]``."""
         n = next(iter(patch_maps.values())).shape[0]
         chunk = self.cfg.frames_chunk_size or n
-        return torch.cat([head({i: t[j : j + chunk] for i, t in patch_maps.items()}, grid, image_hw)
+        keys = sorted(patch_maps)
+
+        def run(*maps: torch.Tensor) -> torch.Tensor:
+            return head(dict(zip(keys, maps, strict=True)), grid, image_hw)
+
+        return torch.cat([maybe_checkpoint(self, self.gradient_checkpointing, run,
+                                           *(patch_maps[i][j : j + chunk] for i in keys))
                           for j in range(0, n, chunk)])  # fmt: skip

@@ -97,6 +97,30 @@ class VidLLM(PreTrainedModel):
         self.box_head = BoxHead(cfg.grounding, dim=d)
         self.distill = DistillationProjections(cfg.distill, student_dim=c)
 
+    def set_activation_checkpointing(self, *, encoder: bool = False, reconstruction: bool = False,
+                                     heads: bool = False, llm: bool = False) -> None:
+        """Switch activation checkpointing per component: the switched parts store no activations in the forward
+        pass and recompute them, block by block, in the backward pass (same values and gradients, less memory,
+        about one extra forward of those parts). A run-time setting of this model object, never saved with a
+        checkpoint: the training stage sets it for either stage. Active in training mode only.
+
+        Args:
+            encoder: each DINOv2 transformer layer (transformers' activation checkpointing).
+            reconstruction: each frame and global block of the alternating attention.
+            heads: the DPT heads (depth, point map, and the metric-depth decoder with its bin heads), per frame
+                chunk of ``frames_chunk_size`` frames.
+            llm: each decoder layer of the LLM (transformers' activation checkpointing).
+        """
+        kwargs = {"use_reentrant": False}  # the non-reentrant variant needs no input that requires grad
+        for hf_model, enabled in ((self.encoder.backbone, encoder), (self.llm, llm)):
+            if enabled:
+                hf_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                hf_model.activation_checkpointing_disable()
+        self.reconstruction.alternating.gradient_checkpointing = reconstruction
+        self.reconstruction.gradient_checkpointing = heads
+        self.metric_depth.gradient_checkpointing = heads
+
     def _init_weights(self, module: torch.nn.Module) -> None:
         """Every sub-module initialises itself at construction and checkpoints carry every tensor, so the generic
         HF re-initialisation must not touch anything."""
