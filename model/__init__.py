@@ -1,13 +1,14 @@
 """Vid-LLM model: pure PyTorch + transformers (no Ray, DeepSpeed, MLflow or storage code here).
 
-Public API: ``VidLLM``, ``VidLLMConfig``, ``VidLLMBatch``, ``build_tokenizer`` (see ``model/vidllm.py``).
+Public API: ``VidLLM``, ``VidLLMConfig``, ``VidLLMBatch``, ``build_tokenizer``, ``register_auto_classes`` (see
+``model/vidllm.py``).
 """
 
 from model.batch import VidLLMBatch
 from model.config import LossWeights, VidLLMConfig
 from model.outputs import GroundingOutput, SceneEncoding, VidLLMOutput
 from model.tokenizer import build_tokenizer
-from model.vidllm import VidLLM, VidLLMHFConfig
+from model.vidllm import VidLLM, VidLLMHFConfig, register_auto_classes
 
 __all__ = [
     "GroundingOutput",
@@ -19,4 +20,5 @@ __all__ = [
     "VidLLMHFConfig",
     "VidLLMOutput",
     "build_tokenizer",
+    "register_auto_classes",
 ]

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_model, save_model
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from model.adapter import CrossTaskAdapter
 from model.batch import VidLLMBatch
@@ -289,28 +291,122 @@ class VidLLM(PreTrainedModel):
         """
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
+        self.config.architectures = [type(self).__name__]
         self.config.save_pretrained(path)
         save_model(self, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *_, device: str | torch.device = "cpu",
-                        **__) -> VidLLM:
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *model_args,
+                        config: VidLLMHFConfig | None = None, dtype: torch.dtype | str | None = None,
+                        torch_dtype: torch.dtype | str | None = None,
+                        device_map: str | int | torch.device | dict | None = None,
+                        device: str | torch.device | None = None, **kwargs) -> VidLLM:
         """Load a checkpoint written by :meth:`save_pretrained` from a local directory (strict: every tensor must
-        be present and no extra one).
+        be present and no extra one), in eval mode. ``transformers.AutoModel.from_pretrained`` lands here once
+        :func:`register_auto_classes` has run.
+
+        Args:
+            pretrained_model_name_or_path: local checkpoint directory (``subfolder=`` appends a sub-directory).
+            config: the checkpoint's :class:`VidLLMHFConfig` when already loaded (``AutoModel`` passes it);
+                default: read ``config.json``.
+            dtype: dtype of the loaded weights: a ``torch.dtype`` or its name (``"bfloat16"``), ``"auto"`` (the
+                dtype stored in the file), or ``None`` (fp32). Geometry is computed in fp32 whatever this is
+                (:mod:`model.precision`). ``torch_dtype`` is the older name of the same argument.
+            device_map: where the whole model goes: a device (``"cpu"``, ``"cuda:1"``, an index, a
+                ``torch.device``), ``"auto"`` (the first CUDA device if there is one, else the CPU) or
+                ``{"": device}``. A map that splits the model over devices is refused.
+            device: older spelling of a single-device ``device_map``.
+            kwargs: the hub arguments ``AutoModel`` forwards (``cache_dir``, ``revision``, ``token``, ...), which
+                have no meaning for a local directory, are accepted and ignored; anything else is an error.
 
         Raises:
             FileNotFoundError: the directory lacks ``config.json`` or ``model.safetensors``.
+            TypeError: an unknown keyword argument or positional model argument.
+            ValueError: conflicting ``dtype``/``torch_dtype`` or ``device``/``device_map``, a multi-device map,
+                an unknown dtype, or a config that is not Vid-LLM's.
         """
-        path = Path(pretrained_model_name_or_path)
+        subfolder = kwargs.pop("subfolder", None) or ""
+        unknown = sorted(set(kwargs) - _IGNORED_LOAD_KWARGS)
+        if unknown or model_args:
+            raise TypeError(f"VidLLM.from_pretrained got unexpected arguments {unknown or list(model_args)}")
+        path = Path(pretrained_model_name_or_path) / subfolder
         for name in ("config.json", WEIGHTS_NAME):
             if not (path / name).is_file():
                 raise FileNotFoundError(f"Vid-LLM checkpoint {path} has no {name}")
-        data = json.loads((path / "config.json").read_text())
-        if "vidllm" not in data:
-            raise ValueError(f"{path / 'config.json'} is not a Vid-LLM config (no 'vidllm' key)")
-        model = cls(VidLLMConfig.from_dict(data["vidllm"]))
-        missing, unexpected = load_model(model, str(path / WEIGHTS_NAME), strict=True, device=str(device))
+        if config is None:
+            data = json.loads((path / "config.json").read_text())
+            if "vidllm" not in data:
+                raise ValueError(f"{path / 'config.json'} is not a Vid-LLM config (no 'vidllm' key)")
+            vidllm = data["vidllm"]
+        elif isinstance(config, VidLLMHFConfig):
+            vidllm = config.vidllm
+        else:
+            raise ValueError(f"VidLLM.from_pretrained: config must be a VidLLMHFConfig, got {type(config).__name__}")
+        target_dtype = _resolve_dtype(dtype, torch_dtype, path / WEIGHTS_NAME)
+        target_device = _resolve_device(device_map, device)
+        model = cls(VidLLMConfig.from_dict(vidllm))
+        missing, unexpected = load_model(model, str(path / WEIGHTS_NAME), strict=True)
         if missing or unexpected:
             raise ValueError(f"{path / WEIGHTS_NAME}: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+        model.to(device=target_device, dtype=target_dtype)
         model.eval()
         return model
+
+
+# Arguments transformers' AutoModel forwards to from_pretrained that mean nothing for a local Vid-LLM directory.
+_IGNORED_LOAD_KWARGS = frozenset({
+    "cache_dir", "force_download", "local_files_only", "proxies", "revision", "token", "trust_remote_code",
+    "_from_auto", "adapter_kwargs", "code_revision",
+})
+
+
+def _resolve_dtype(dtype: torch.dtype | str | None, torch_dtype: torch.dtype | str | None,
+                   weights: Path) -> torch.dtype:
+    """The dtype to load in (see :meth:`VidLLM.from_pretrained`)."""
+    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+        raise ValueError(f"VidLLM.from_pretrained: dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree")
+    value = dtype if dtype is not None else torch_dtype
+    if value is None:
+        return torch.float32
+    if value == "auto":
+        with safe_open(str(weights), framework="pt") as f:
+            counts = Counter(f.get_slice(k).get_dtype() for k in f.keys())  # noqa: SIM118 (not a dict)
+        floating = [d for d, _ in counts.most_common() if d in _SAFETENSORS_FLOAT]
+        return _SAFETENSORS_FLOAT[floating[0]] if floating else torch.float32
+    if isinstance(value, str):
+        value = getattr(torch, value.removeprefix("torch."), None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ValueError(f"VidLLM.from_pretrained: dtype must be a floating torch dtype, its name or 'auto'; "
+                         f"got {dtype if dtype is not None else torch_dtype!r}")
+    return value
+
+
+_SAFETENSORS_FLOAT = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def _resolve_device(device_map: str | int | torch.device | dict | None,
+                    device: str | torch.device | None) -> torch.device:
+    """The single device the whole model goes to (see :meth:`VidLLM.from_pretrained`)."""
+    if isinstance(device_map, dict):
+        places = set(device_map.values())
+        if set(device_map) != {""} or len(places) != 1:
+            raise ValueError(f"VidLLM.from_pretrained puts the whole model on one device; device_map {device_map} "
+                             "splits it (use a single device, 'auto' or {'': device})")
+        device_map = places.pop()
+    if device_map == "auto":
+        device_map = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_map is not None and device is not None and torch.device(device_map) != torch.device(device):
+        raise ValueError(f"VidLLM.from_pretrained: device={device!r} and device_map={device_map!r} disagree")
+    chosen = device_map if device_map is not None else device if device is not None else "cpu"
+    return torch.device(f"cuda:{chosen}" if isinstance(chosen, int) else chosen)
+
+
+def register_auto_classes() -> None:
+    """Register Vid-LLM with transformers' Auto classes, so that ``AutoConfig.from_pretrained(dir)`` and
+    ``AutoModel.from_pretrained(dir)`` load our checkpoints (``model_type`` ``"vidllm"``).
+
+    Explicit rather than done at import: importing ``model`` changes no global registry (house rule). Idempotent;
+    call it once before using the Auto classes on a Vid-LLM checkpoint.
+    """
+    AutoConfig.register(VidLLMHFConfig.model_type, VidLLMHFConfig, exist_ok=True)
+    AutoModel.register(VidLLMHFConfig, VidLLM, exist_ok=True)
