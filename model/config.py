@@ -62,6 +62,10 @@ class LLMConfig:
             Cleared in the config stored with a full Vid-LLM checkpoint (the weights are in the checkpoint).
         tokenizer_path: local directory of the tokenizer; ``None`` = the offline word-level tokenizer.
         extra_words: extra words for the word-level tokenizer (appended after the fixed vocabulary).
+        use_chat_template: prompts are the user turn of the tokenizer's chat template and answers the assistant
+            turn (instruction-tuned LMs such as SmolLM2-Instruct), in training and at inference alike
+            (:class:`model.processor.VidLLMProcessor`). Part of the architecture: a checkpoint trained with it
+            must be prompted with it.
     """
 
     arch: dict[str, Any]
@@ -73,6 +77,7 @@ class LLMConfig:
     pretrained_path: str | None = None
     tokenizer_path: str | None = None
     extra_words: tuple[str, ...] = ()
+    use_chat_template: bool = False
 
     def __post_init__(self) -> None:
         for key in ("model_type", "hidden_size", "vocab_size"):

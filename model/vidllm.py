@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_model, save_model
-from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from model.adapter import CrossTaskAdapter
 from model.batch import VidLLMBatch
@@ -34,6 +34,7 @@ from model.grounding import BoxHead
 from model.llm import build_llm, splice_scene
 from model.metric_depth import MetricDepthModel
 from model.outputs import GroundingOutput, SceneEncoding, VidLLMOutput
+from model.processor import VidLLMProcessor, as_processor
 from model.reconstruction import ReconstructionBranch
 from model.scale_alignment import apply_scale, scene_scale
 from model.tokenizer import LOC_TOKEN, SCENE_TOKEN, caption_prompt, grounding_prompt, qa_prompt
@@ -222,63 +223,71 @@ class VidLLM(PreTrainedModel):
         rec, _, scale, depth_m, extrinsics_m = self._geometry(enc, ad, image_hw, generator)
         return self._scene(ad.lang, enc, image_hw, rec, scale, depth_m, extrinsics_m, generator)
 
-    def _prompt_inputs(self, scene: SceneEncoding, prompts: list[str], tokenizer):
+    def _prompt_inputs(self, scene: SceneEncoding, prompts: list[str], processor: VidLLMProcessor,
+                       answer_prefix: str = ""):
         if scene.tokens.shape[0] == 1 and len(prompts) > 1:
             scene = scene.select([0] * len(prompts))
         if scene.tokens.shape[0] != len(prompts):
             raise ValueError(f"{len(prompts)} prompts for {scene.tokens.shape[0]} scenes")
         device = scene.tokens.device
-        enc = tokenizer(list(prompts), padding=True, return_tensors="pt")
+        enc = processor.generation_inputs(list(prompts), answer_prefix)
         spliced = splice_scene(self.llm.get_input_embeddings(), enc["input_ids"].to(device),
                                enc["attention_mask"].to(device), None, scene.tokens, scene.mask,
                                self.vidllm_config.llm.scene_token_id, padding_side="left")
         return scene, spliced
 
-    def _generate(self, spliced, tokenizer, max_new_tokens: int) -> list[str]:
+    def _generate(self, spliced, processor: VidLLMProcessor, max_new_tokens: int) -> list[str]:
         cfg = self.vidllm_config.llm
         ids = self.llm.generate(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                 pad_token_id=cfg.pad_token_id, eos_token_id=cfg.eos_token_id)
-        return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        return processor.decode(ids)
 
     @torch.no_grad()
-    def answer(self, scene: SceneEncoding, prompts: list[str], tokenizer, max_new_tokens: int = 16) -> list[str]:
+    def answer(self, scene: SceneEncoding, prompts: list[str],
+               processor: VidLLMProcessor | PreTrainedTokenizerBase, max_new_tokens: int = 16) -> list[str]:
         """Greedy answers to questions about the scenes (QA; SQA3D situations go in the question text).
 
         Args:
             scene: :class:`SceneEncoding` with B items (or 1, shared by all prompts).
             prompts: B questions; a prompt without ``<scene>`` is wrapped with :func:`model.tokenizer.qa_prompt`.
-            tokenizer: from :func:`model.tokenizer.build_tokenizer`.
+            processor: a :class:`model.processor.VidLLMProcessor`, or the bare tokenizer (wrapped in the processor
+                this model's config describes).
         """
+        processor = as_processor(processor, self.vidllm_config)
         prompts = [p if SCENE_TOKEN in p else qa_prompt(p) for p in prompts]
-        _, spliced = self._prompt_inputs(scene, prompts, tokenizer)
-        return self._generate(spliced, tokenizer, max_new_tokens)
+        _, spliced = self._prompt_inputs(scene, prompts, processor)
+        return self._generate(spliced, processor, max_new_tokens)
 
     @torch.no_grad()
-    def caption(self, scene: SceneEncoding, boxes: torch.Tensor, tokenizer, max_new_tokens: int = 24) -> list[str]:
-        """Dense captioning of one box per item: ``boxes`` ``[B, 6]`` centre+size, metres, first-camera frame."""
+    def caption(self, scene: SceneEncoding, boxes: torch.Tensor,
+                processor: VidLLMProcessor | PreTrainedTokenizerBase, max_new_tokens: int = 24) -> list[str]:
+        """Dense captioning of one box per item: ``boxes`` ``[B, 6]`` centre+size, metres, first-camera frame;
+        ``processor`` as in :meth:`answer`."""
+        processor = as_processor(processor, self.vidllm_config)
         prompts = [caption_prompt(box.tolist()) for box in boxes]
-        _, spliced = self._prompt_inputs(scene, prompts, tokenizer)
-        return self._generate(spliced, tokenizer, max_new_tokens)
+        _, spliced = self._prompt_inputs(scene, prompts, processor)
+        return self._generate(spliced, processor, max_new_tokens)
 
     @torch.no_grad()
-    def ground(self, scene: SceneEncoding, descriptions: list[str], tokenizer,
-               max_new_tokens: int = 40) -> GroundingOutput:
-        """Visual grounding: the prompt ends in ``<loc>``, whose hidden state drives the box head; the model then
-        verbalises the coordinates.
+    def ground(self, scene: SceneEncoding, descriptions: list[str],
+               processor: VidLLMProcessor | PreTrainedTokenizerBase, max_new_tokens: int = 40) -> GroundingOutput:
+        """Visual grounding: the answer starts with ``<loc>``, whose hidden state drives the box head; the model
+        then verbalises the coordinates. ``processor`` as in :meth:`answer`.
 
         Returns:
             :class:`GroundingOutput`: boxes ``[B, Q, 6]`` and probabilities ``[B, Q]`` sorted by score, and the
             decoded text (``"[cx, cy, cz, dx, dy, dz]"`` when the model has learnt the format).
         """
-        prompts = [grounding_prompt(d) + " " + LOC_TOKEN for d in descriptions]
-        scene, spliced = self._prompt_inputs(scene, prompts, tokenizer)
+        processor = as_processor(processor, self.vidllm_config)
+        prompts = [grounding_prompt(d) for d in descriptions]
+        scene, spliced = self._prompt_inputs(scene, prompts, processor, answer_prefix=LOC_TOKEN)
         hidden = self.llm(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
                           output_hidden_states=True, use_cache=False).hidden_states[-1][:, -1]
         pred = self.box_head(hidden, scene.tokens, scene.mask, scene.centres)
         scores, order = pred.scores.sigmoid().sort(dim=1, descending=True)
         boxes = pred.boxes.gather(1, order[..., None].expand_as(pred.boxes))
-        return GroundingOutput(boxes=boxes, scores=scores, text=self._generate(spliced, tokenizer, max_new_tokens))
+        return GroundingOutput(boxes=boxes, scores=scores, text=self._generate(spliced, processor, max_new_tokens))
 
     # ------------------------------------------------------------------ checkpoints
 
