@@ -62,9 +62,6 @@ class SceneEncoding(Output):
     intrinsics: torch.Tensor
     scale: torch.Tensor
 
-    def to(self, device: torch.device | str) -> SceneEncoding:
-        return SceneEncoding(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
-
     def select(self, index: torch.Tensor | list[int]) -> SceneEncoding:
         """Rows ``index`` of every field (e.g. to repeat one scene for several prompts)."""
         return SceneEncoding(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
