@@ -3,7 +3,7 @@
     frames [B,S,3,H,W]
       -> Encoder (DINOv2)                           tokens [B,S,P,C], multi-layer tokens
       -> CrossTaskAdapter (bridge tokens)           T'_geom, T'_lang
-      -> ReconstructionBranch(T'_geom)              cameras + relative depth (+ confidence)
+      -> ReconstructionBranch(T'_geom)              cameras + relative depth + point map (+ confidences)
       -> MetricDepthModel(encoder layers)           metric depth
       -> scale alignment (median WLS scale)         metric depth + metric camera translation
       -> VLBranch(T'_lang, detached geometry)       scene tokens [B,M,D]
