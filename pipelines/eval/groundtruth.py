@@ -124,12 +124,14 @@ def _answers(rec: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _family(rec: Any, question: str) -> tuple[str, bool]:
+def record_family(rec: Any) -> tuple[str, bool]:
+    """``(family, from_annotation)`` of a QA record: its ``family``, else a ``question_type`` other than ``"N/A"``,
+    else :func:`~pipelines.eval.metrics.qa.question_family` of its ``question``."""
     for name in ("family", "question_type"):
         value = _get(rec, name)
         if isinstance(value, str) and value.strip() and value.strip() != "N/A":
             return value.strip(), True
-    return question_family(question), False
+    return question_family(str(_get(rec, "question", "") or "")), False
 
 
 def qa_items(records: Iterable[Any]) -> tuple[QAItem, ...]:
@@ -137,7 +139,7 @@ def qa_items(records: Iterable[Any]) -> tuple[QAItem, ...]:
     out = []
     for r in records:
         question = str(_get(r, "question", "") or "")
-        family, annotated = _family(r, question)
+        family, annotated = record_family(r)
         out.append(QAItem(
             question_id=str(_require(r, "question_id")),
             scene_id=str(_require(r, "scene_id")),
