@@ -156,7 +156,7 @@ def plot_task(results: Mapping[str, Any], task: str) -> bytes:
     flat = {
         k: v
         for k, v in flatten_metrics({task: results[task]}).items()
-        if not k.rsplit("/", 1)[-1].startswith(("count", "num_", "answered", "matched", "median_scale"))
+        if not k.rsplit("/", 1)[-1].startswith(("count", "num_", "answered", "matched", "median_scale", "scenes_missing"))
     }
     fig = Figure(figsize=(max(4.0, 0.45 * len(flat) + 1.5), 4.0), layout="constrained")
     ax = fig.subplots()
