@@ -142,6 +142,10 @@ def matplotlib_available() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
+# Counters, not scores: left out of the bar charts.
+_NOT_PLOTTED = ("count", "num_", "answered", "matched", "median_scale", "scenes_missing")
+
+
 def plot_task(results: Mapping[str, Any], task: str) -> bytes:
     """PNG bytes of a bar chart of one task's flat metrics (counts excluded).
 
@@ -156,7 +160,7 @@ def plot_task(results: Mapping[str, Any], task: str) -> bytes:
     flat = {
         k: v
         for k, v in flatten_metrics({task: results[task]}).items()
-        if not k.rsplit("/", 1)[-1].startswith(("count", "num_", "answered", "matched", "median_scale", "scenes_missing"))
+        if not k.rsplit("/", 1)[-1].startswith(_NOT_PLOTTED)
     }
     fig = Figure(figsize=(max(4.0, 0.45 * len(flat) + 1.5), 4.0), layout="constrained")
     ax = fig.subplots()
