@@ -123,7 +123,7 @@ def _stratum(task: str, entry: Mapping[str, Any]) -> str:
     return str(entry.get("object_id"))
 
 
-def stratified(entries: Sequence[Any], key, limit: int) -> list[Any]:
+def _stratified(entries: Sequence[Any], key, limit: int) -> list[Any]:
     """At most ``limit`` entries taken round robin over the groups ``key(entry)`` (groups in order of first
     appearance, entries in file order within a group)."""
     groups: dict[str, list[Any]] = {}
@@ -167,7 +167,7 @@ def select_annotations(annotations: Mapping[str, list], boxes: Mapping[str, Any]
         if limit is None:
             out[task] = keep
         elif selection == "stratified":
-            out[task] = stratified(keep, lambda e, t=task: _stratum(t, e), limit)
+            out[task] = _stratified(keep, lambda e, t=task: _stratum(t, e), limit)
         else:
             out[task] = keep[:limit]
     return out, dropped
