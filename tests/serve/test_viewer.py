@@ -113,6 +113,34 @@ def test_cameras_and_scene_list(app, clips):
     assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_scene"
 
 
+def test_vidllm_ask_gives_the_endpoint_answer(app, tiny_checkpoint):
+    """`vidllm ask` samples and runs the model as the endpoint does: same video, same model, same answer."""
+    import json
+    import subprocess
+    import sys
+
+    question, description = "what is in the room?", "the chair"
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "ask", str(VIDEO), question, "--ground", description,
+         "--model", str(tiny_checkpoint), "--num-frames", "16", "--max-new-tokens", "8", "--json"],
+        capture_output=True, text=True, env=env, cwd=root, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    local = json.loads(r.stdout)
+    scene = requests.post(f"{app}/v1/scenes", files={"video": ("v.mp4", VIDEO.read_bytes(), "video/mp4")},
+                          headers=AUTH, timeout=60).json()
+    url = f"{app}/v1/scenes/{scene['scene_id']}"
+    assert local["answer"] == requests.post(f"{url}/answer", json={"question": question}, headers=AUTH,
+                                            timeout=60).json()["answer"]
+    remote = requests.post(f"{url}/ground", json={"description": description}, headers=AUTH, timeout=60).json()
+    assert len(local["boxes"]) == len(remote["boxes"])
+    for mine, theirs in zip(local["boxes"], remote["boxes"], strict=True):
+        np.testing.assert_allclose(mine["center"] + mine["size"], theirs["center"] + theirs["size"], atol=1e-5)
+        assert mine["score"] == pytest.approx(theirs["score"], abs=1e-6)
+
+
 # ---------------------------------------------------------------- real browser
 
 

@@ -322,11 +322,12 @@ async function openScene(sceneId) {
   const centres = showCameras(cams, THREE.MathUtils.clamp(size.length() / 25, 0.03, 0.3));
   showGrid(bounds, centres);
   frame(bounds, centres);
+  // The relative-to-metric scale is reported once, when the scene is registered (here or by another client).
   const summary = state.summaries.get(sceneId);
   showInfo([
     ['scene', sceneId],
     ['frames', String(cams.cameras.length)],
-    ['metric scale', summary ? summary.metric_scale.toFixed(3) : 'applied at registration'],
+    ...(summary ? [['metric scale', summary.metric_scale.toFixed(3)]] : []),
     ['points', geometry.attributes.position.count.toLocaleString('en')],
     ['extent', `${size.x.toFixed(2)} × ${size.y.toFixed(2)} × ${size.z.toFixed(2)} m`],
   ]);
