@@ -151,6 +151,39 @@ class EncoderConfig:
         )
 
 
+_ARCHITECTURE_KEYS = ("model_type", "num_register_tokens", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                      "patch_size", "mlp_ratio")
+
+
+def check_pretrained_architecture(path: str, expected: Dinov2Config | Dinov2WithRegistersConfig) -> None:
+    """Refuse an HF DINOv2 folder whose architecture differs from ``expected``, naming both.
+
+    Checked from the folder's ``config.json`` before any weight is read: transformers would load a plain DINOv2
+    folder into ``Dinov2WithRegistersModel`` (and the reverse) with only a warning, leaving the 4 register tokens
+    at their initial zeros. Used by :class:`Encoder` for ``EncoderConfig.pretrained_path``; the geometry teacher
+    can use it the same way.
+
+    Args:
+        path: local HF folder.
+        expected: the configured architecture (``EncoderConfig.hf_config()``).
+
+    Raises:
+        OSError: the folder has no readable ``config.json``.
+        ValueError: model type, register tokens, width, depth, heads, patch size or MLP ratio differ.
+    """
+    loaded = AutoConfig.from_pretrained(path, local_files_only=True)
+
+    def describe(config: PretrainedConfig) -> str:
+        return (f"{config.model_type} with {getattr(config, 'num_register_tokens', 0)} register tokens, hidden "
+                f"{getattr(config, 'hidden_size', '?')}, {getattr(config, 'num_hidden_layers', '?')} layers, "
+                f"{getattr(config, 'num_attention_heads', '?')} heads, patch {getattr(config, 'patch_size', '?')}")
+
+    differ = [k for k in _ARCHITECTURE_KEYS if getattr(loaded, k, 0) != getattr(expected, k, 0)]
+    if differ:
+        raise ValueError(f"pretrained encoder at {path} is {describe(loaded)}, but the configuration asks for "
+                         f"{describe(expected)} (differs in {', '.join(differ)})")
+
+
 @dataclass
 class EncoderOutput(Output):
     """Output of :class:`Encoder`.
@@ -182,10 +215,7 @@ class Encoder(nn.Module):
         if cfg.pretrained_path is None:
             self.backbone = model_cls(hf_config)
         else:
-            # Checked before loading: transformers would load a plain DINOv2 folder into the registers model and
-            # leave the register tokens at their initial zeros without an error.
-            self._check_pretrained_matches(AutoConfig.from_pretrained(cfg.pretrained_path, local_files_only=True),
-                                           hf_config)
+            check_pretrained_architecture(cfg.pretrained_path, hf_config)
             self.backbone, info = model_cls.from_pretrained(cfg.pretrained_path, local_files_only=True,
                                                             output_loading_info=True)
             if info["missing_keys"] or info["mismatched_keys"]:
@@ -195,25 +225,6 @@ class Encoder(nn.Module):
         self.hidden_size = int(hf_config.hidden_size)
         self.patch_size = int(hf_config.patch_size)
         self.num_prefix_tokens = 1 + cfg.num_register_tokens
-
-    def _check_pretrained_matches(self, loaded: PretrainedConfig,
-                                  expected: Dinov2Config | Dinov2WithRegistersConfig) -> None:
-        """Refuse a folder whose architecture differs from the configured one, naming both."""
-
-        def describe(config: PretrainedConfig) -> str:
-            return (f"{config.model_type} with {getattr(config, 'num_register_tokens', 0)} register tokens, "
-                    f"hidden {getattr(config, 'hidden_size', '?')}, {getattr(config, 'num_hidden_layers', '?')} "
-                    f"layers, {getattr(config, 'num_attention_heads', '?')} heads, patch "
-                    f"{getattr(config, 'patch_size', '?')}")
-
-        keys = ("model_type", "num_register_tokens", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                "patch_size", "mlp_ratio")
-        differ = [k for k in keys if getattr(loaded, k, 0) != getattr(expected, k, 0)]
-        if differ:
-            raise ValueError(
-                f"pretrained encoder at {self.cfg.pretrained_path} is {describe(loaded)}, but EncoderConfig.dinov2 "
-                f"configures {describe(expected)} (differs in {', '.join(differ)})"
-            )
 
     def forward(self, frames: torch.Tensor) -> EncoderOutput:
         """Encode a clip.

@@ -1,4 +1,4 @@
-"""Shared DINOv2 encoder: shapes, normalisation, local pretrained loading, VGGT patch-embed conversion."""
+"""Shared DINOv2 encoder: shapes, normalisation, local pretrained loading (VGGT conversion: test_vggt_weights)."""
 
 from __future__ import annotations
 

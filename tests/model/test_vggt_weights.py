@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersModel
 
 from model import VidLLM, VidLLMConfig
-from model.encoder import IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderConfig
+from model.encoder import IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderConfig, check_pretrained_architecture
 from model.reconstruction import ReconstructionBranch, ReconstructionConfig
 from model.vggt_weights import (
     PATCH_EMBED_PREFIX,
@@ -207,13 +207,15 @@ def test_a_plain_dinov2_folder_is_refused_as_with_registers_and_vice_versa(tmp_p
     plain = {k: v for k, v in TINY_REG_ENCODER.items() if k != "num_register_tokens"}
     Dinov2Model(Dinov2Config(**plain)).save_pretrained(tmp_path / "plain")
     registers = _tiny_encoder(TINY_REG_ENCODER, tmp_path / "plain")
-    with pytest.raises(ValueError, match=r"is dinov2 with 0 register tokens.*configures dinov2_with_registers with 4"):
+    with pytest.raises(ValueError, match=r"is dinov2 with 0 register tokens.*asks for dinov2_with_registers with 4"):
         Encoder(registers)
     with pytest.raises(ValueError, match="num_register_tokens"):
         Encoder(registers)
+    with pytest.raises(ValueError, match="differs in model_type, num_register_tokens"):  # the check on its own
+        check_pretrained_architecture(str(tmp_path / "plain"), registers.hf_config())
     convert_vggt_encoder(vggt_state_dict(), tmp_path / "reg", num_attention_heads=2)
     as_plain = _tiny_encoder(plain, tmp_path / "reg")
-    with pytest.raises(ValueError, match=r"is dinov2_with_registers with 4 register tokens.*configures dinov2 with 0"):
+    with pytest.raises(ValueError, match=r"is dinov2_with_registers with 4 register tokens.*asks for dinov2 with 0"):
         Encoder(as_plain)
     three = _tiny_encoder({**TINY_REG_ENCODER, "num_register_tokens": 3}, tmp_path / "reg")
     with pytest.raises(ValueError, match="4 register tokens.*3 register tokens"):
