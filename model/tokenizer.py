@@ -7,6 +7,11 @@ The word-level tokenizer is built from a fixed vocabulary, so token ids are iden
 tiny LLM's ``vocab_size`` can be derived from it without any file. Its pre-tokenizer turns spaces into a ``▁``
 marker (Metaspace) and splits digits and punctuation into single tokens, so coordinates such as
 ``[1.13, -0.50, 2.00]`` round-trip exactly through ``encode``/``decode`` with a ~60-token numeric alphabet.
+
+The text side of the model lives here too: the prompt templates (:class:`Prompt`: ``<scene>`` and the task words,
+a shortenable body, the answer cue) and tokenising with the label policy (:func:`encode_example`: labels and EOS
+are never cut, an example that cannot fit raises :class:`TextBudgetError`). :class:`model.processor.VidLLMProcessor`
+puts them behind one object with the chat template, padding and frame conversion.
 """
 
 from __future__ import annotations
