@@ -208,7 +208,7 @@ class AlternatingAttention(nn.Module):
     def _run(self, block: Block, tokens: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
         return maybe_checkpoint(self, self.gradient_checkpointing, block, tokens, pos)
 
-    def forward(self, geom: torch.Tensor, grid: tuple[int, int], keep: set[int]) -> dict[int, torch.Tensor]:
+    def forward(self, geom: torch.Tensor, grid: tuple[int, int], keep: set[int]) -> list[torch.Tensor | None]:
         """Run all layers.
 
         Args:
@@ -217,8 +217,10 @@ class AlternatingAttention(nn.Module):
             keep: Layer indices whose outputs are returned (others are dropped to save memory).
 
         Returns:
-            ``{layer: [B, S, 1 + R + P, 2C]}``: frame-block and global-block outputs of that layer concatenated on
-            channels; token 0 is the camera token, tokens ``1..R`` the registers, then the patches.
+            One entry per layer: ``[B, S, 1 + R + P, 2C]``, the frame-block and global-block outputs of that layer
+            concatenated on channels (token 0 is the camera token, tokens ``1..R`` the registers, then the
+            patches), for the layers in ``keep``; ``None`` for the others. (A list, not an int-keyed dict:
+            DeepSpeed ZeRO-3's module hooks read dict outputs by string keys.)
         """
         b, s, p, c = geom.shape
         specials = (_first_and_rest(self.camera_token, b, s), _first_and_rest(self.register_token, b, s))
@@ -228,7 +230,7 @@ class AlternatingAttention(nn.Module):
             patch_positions(b * s, grid, self.patch_start_idx, geom.device) if self.rope is not None else None
         )
         pos_global = pos.reshape(b, s * length, 2) if pos is not None else None
-        kept: dict[int, torch.Tensor] = {}
+        kept: list[torch.Tensor | None] = [None] * len(self.frame_blocks)
         for layer, (frame_block, global_block) in enumerate(
             zip(self.frame_blocks, self.global_blocks, strict=True)
         ):
@@ -319,7 +321,7 @@ class ReconstructionBranch(nn.Module):
         layers = self.alternating(geom, grid, keep={*self.cfg.dpt_layer_indices, last})
         pose_enc_list = self.camera_head(layers[last][:, :, 0], self.cfg.num_camera_iterations)
         start = self.alternating.patch_start_idx
-        patch_maps = {i: t[:, :, start:].reshape(b * s, p, t.shape[-1]) for i, t in layers.items()}
+        patch_maps = {i: t[:, :, start:].reshape(b * s, p, t.shape[-1]) for i, t in enumerate(layers) if t is not None}
         raw = self._dense(self.depth_head, patch_maps, grid, tuple(image_hw))
         raw_points = None if self.point_head is None else self._dense(self.point_head, patch_maps, grid,
                                                                      tuple(image_hw))

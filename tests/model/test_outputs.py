@@ -24,13 +24,16 @@ BUILTIN_LEAVES = (int, float, bool, str, type(None))
 
 
 def tensors_seen_as_containers(value) -> list[torch.Tensor]:
-    """The tensors a walker that knows only tensors, lists, tuples and dicts finds (DeepSpeed's
-    ``apply_to_tensors_only``); anything else must be a builtin scalar, or the walker would miss what it holds."""
+    """The tensors a walker that knows only tensors, lists, tuples and string-keyed dicts finds (DeepSpeed ZeRO-3's
+    ``apply_to_tensors_only`` and post-forward hook); anything else must be a builtin scalar, or the walker would
+    miss what it holds."""
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, list | tuple):
         return [t for v in value for t in tensors_seen_as_containers(v)]
     if isinstance(value, dict):
+        # ZeRO-3's post-forward hook reads a dict output by its string keys (``name.startswith('__')``).
+        assert all(isinstance(k, str) for k in value), f"{type(value).__name__} has non-string keys {list(value)}"
         return [t for v in value.values() for t in tensors_seen_as_containers(v)]
     assert isinstance(value, BUILTIN_LEAVES), f"opaque {type(value).__name__} hides its tensors from ZeRO-3"
     return []
