@@ -14,7 +14,7 @@ from model.losses import MultitaskLoss, box_loss, lm_loss
 
 from .conftest import make_batch
 
-ALL_LOSSES = LossWeights(geo=1, lang=1, sc=1, camera=5, depth=1, metric_depth=1, lm=1, box=1)
+ALL_LOSSES = LossWeights(geo=1, lang=1, sc=1, camera=5, depth=1, point=1, metric_depth=1, lm=1, box=1)
 
 
 def test_forward_shapes_of_every_branch(tiny_model, batch):
@@ -35,7 +35,7 @@ def test_forward_shapes_of_every_branch(tiny_model, batch):
     assert out.grounding.boxes.shape == (b, 4, 6) and (out.grounding.boxes[..., 3:] > 0).all()
     total, terms = MultitaskLoss(ALL_LOSSES)(out, batch)
     assert torch.isfinite(total)
-    assert {"geo", "lang", "sc", "camera", "depth", "metric_depth", "lm", "box"} <= set(terms)
+    assert {"geo", "lang", "sc", "camera", "depth", "point", "metric_depth", "lm", "box"} <= set(terms)
 
 
 def test_tiny_forward_backward_is_fast(tiny_model, tokenizer):
