@@ -365,7 +365,7 @@ def tiny(stage: int = 1) -> TrainConfig:
         stage=stage,
         model=VidLLMConfig.tiny().to_dict() if stage == 1 else {},
         init_from="" if stage == 1 else "<set init_from>",
-        data=DataConfig(micro_batch_size=2, max_text_tokens=48),
+        data=DataConfig(micro_batch_size=2, max_text_tokens=96),
         optim=OptimConfig(lr=3e-3, warmup_steps=2, min_lr_ratio=0.3),
         deepspeed=DeepSpeedSection(zero_stage=2, precision="fp32"),
         schedule=ScheduleConfig(num_epochs=1, checkpoint_every=2, log_every=1),
