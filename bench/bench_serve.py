@@ -130,9 +130,10 @@ def app_config(model: str, max_batch_size: int, max_new_tokens: int, num_frames:
 def bench_overhead(url: str, session, sid: str, model_dir: str, clip: bytes, args) -> None:
     import torch
 
-    from pipelines.serve.model_store import load_model_and_tokenizer, resolve_model_dir
+    from pipelines.artifacts import load_model_and_tokenizer, resolve_model
+
     torch.set_num_threads(1)  # as in a replica with num_cpus <= 1
-    model, tok = load_model_and_tokenizer(resolve_model_dir(model_dir), "cpu")
+    model, tok = load_model_and_tokenizer(resolve_model(model_dir).local_dir, "cpu")
     size = int(model.vidllm_config.encoder.dinov2["image_size"])
     cfg = app_config(model_dir, 1, args.max_new_tokens, args.num_frames)
     frames = sample_clip(clip, SamplingSpec(args.num_frames, size, size), cfg.limits).frames

@@ -17,6 +17,8 @@ from typing import Any
 
 from pipelines import storage
 
+#: Where a run records its MLflow run (training: next to the export; evaluation: in its output directory).
+RUN_FILE = "mlflow_run.json"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limits (mlflow/utils/validation.py)
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_CHARS = 6000

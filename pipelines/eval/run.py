@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines import storage
+from pipelines.artifacts import ModelSource, resolve_model
 from pipelines.eval.config import EvalJobConfig
 from pipelines.eval.harness import evaluate
 from pipelines.eval.job import DataSourceError, plan_clips, predictions_uri, run_inference
-from pipelines.eval.model_source import ModelSource, resolve_model
 from pipelines.eval.plots import depth_error_png, examples_markdown, examples_png, task_scores_png
 from pipelines.eval.predictions import load_predictions, write_predictions
 from pipelines.eval.report import flatten_metrics, headline_metrics, matplotlib_available, write_report
@@ -107,7 +107,7 @@ def run_evaluation(
     """Evaluate ``model_uri`` on the shards of ``data_uri``; results under ``out`` and in MLflow.
 
     Raises:
-        ModelSourceError: ``--model`` names no checkpoint.
+        ArtifactError: ``--model`` names no checkpoint.
         DataSourceError: ``--data`` / ``--annotations`` name no usable data.
     """
     started = time.perf_counter()

@@ -74,9 +74,10 @@ def trained_model(tmp_path_factory, clip_shards) -> dict:
     on QA and grounding examples of the evaluation clips, saved in HF layout with its tokenizer."""
     import torch
 
-    from model import LossWeights, VidLLM, VidLLMBatch, VidLLMConfig, build_tokenizer
+    from model import VidLLM, VidLLMBatch, VidLLMConfig, build_tokenizer
     from model.losses import MultitaskLoss
     from model.tokenizer import encode_example, grounding_answer, grounding_prompt, qa_prompt
+    from pipelines.train.config import stage_policy
 
     torch.manual_seed(0)
     model = VidLLM(VidLLMConfig.tiny())
@@ -105,7 +106,7 @@ def trained_model(tmp_path_factory, clip_shards) -> dict:
         boxes=torch.tensor([[t or [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]] for *_, t in rows], dtype=torch.float32),
         box_mask=torch.tensor([[t is not None] for *_, t in rows]),
     )
-    loss_fn = MultitaskLoss(LossWeights.stage2())
+    loss_fn = MultitaskLoss(stage_policy(2)[0])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     model.train()
     losses = []
@@ -207,8 +208,8 @@ def test_predictions_are_the_models_in_the_benchmark_frame(evaluation, clip_shar
     ``axisAlignment @ cam_to_world[0]``; reconstruction arrays match the ground-truth resolution."""
     import torch
 
+    from pipelines.artifacts import load_model_and_tokenizer
     from pipelines.eval.alignment import first_camera_to_aligned, transform_boxes
-    from pipelines.eval.model_source import load_model_and_tokenizer
     from pipelines.eval.predictions import load_predictions
 
     out: Path = evaluation["out"]
@@ -291,7 +292,7 @@ def test_bad_uris_name_the_uri(tmp_path, clip_shards, trained_model, s3_bucket, 
 def test_model_from_s3_is_downloaded_once(tmp_path, trained_model, s3_bucket):
     import s3fs
 
-    from pipelines.eval.model_source import resolve_model
+    from pipelines.artifacts import resolve_model
 
     fs = s3fs.S3FileSystem(endpoint_url=os.environ["AWS_ENDPOINT_URL"])
     remote = f"{s3_bucket}/exports/run-1/model"

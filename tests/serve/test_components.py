@@ -1,5 +1,5 @@
 """Fast checks of the Serve building blocks without Ray: config validation, URI allow-list, auth, byte-bounded
-cache, point-cloud geometry and PLY, encoding batching, video sampling limits and model-URI resolution."""
+cache, point-cloud geometry and PLY, encoding batching and video sampling limits (model URIs: tests/test_artifacts.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from pipelines.serve.cache import ByteLRU
 from pipelines.serve.config import AutoscalingSettings, LimitsSettings, ModelDeploymentSettings, ServeConfig
 from pipelines.serve.errors import ApiError
 from pipelines.serve.model_deployment import concat_encodings
-from pipelines.serve.model_store import resolve_model_dir
 from pipelines.serve.pointcloud import backproject, camera_centres, parse_ply, to_ply
 from pipelines.serve.security import BearerAuth, check_scene_uri
 from pipelines.serve.video_input import SamplingSpec, sample_clip, scene_id_for
@@ -208,51 +207,6 @@ def test_sample_clip_and_limits(clips):
         with pytest.raises(ApiError) as info:
             sample_clip(data, spec, limits)
         assert (info.value.status, info.value.error, info.value.field) == (status, error, "video")
-
-
-# ---------------------------------------------------------------- model URIs
-
-
-def test_resolve_local_and_missing(tiny_checkpoint, tmp_path):
-    assert resolve_model_dir(str(tiny_checkpoint)) == tiny_checkpoint.resolve()
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        resolve_model_dir(str(tmp_path / "nope"))
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="config.json"):
-        resolve_model_dir(str(tmp_path / "empty"))
-
-
-def test_resolve_s3_downloads_once(tiny_checkpoint, s3_bucket, tmp_path):
-    import s3fs
-
-    fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    uri = f"{s3_bucket}/exports/tiny"
-    fs.put(str(tiny_checkpoint) + "/", uri + "/", recursive=True)
-    local = resolve_model_dir(uri, str(tmp_path / "cache"))
-    assert sorted(p.name for p in local.iterdir()) == sorted(p.name for p in tiny_checkpoint.iterdir())
-    assert (local / "model.safetensors").read_bytes() == (tiny_checkpoint / "model.safetensors").read_bytes()
-    fs.rm(uri, recursive=True)  # a second resolve is served from the completed local copy
-    assert resolve_model_dir(uri, str(tmp_path / "cache")) == local
-    with pytest.raises(FileNotFoundError):
-        resolve_model_dir(f"{s3_bucket}/exports/missing", str(tmp_path / "cache"))
-
-
-@pytest.mark.slow
-def test_resolve_mlflow_model_version(tiny_checkpoint, tmp_path, monkeypatch):
-    import mlflow
-
-    tracking = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)  # what the replicas read; no global MLflow state is set
-    client = mlflow.MlflowClient(tracking_uri=tracking)
-    exp = client.create_experiment("serve-export", artifact_location=(tmp_path / "artifacts").as_uri())
-    run = client.create_run(exp)
-    client.log_artifacts(run.info.run_id, str(tiny_checkpoint), artifact_path="export/checkpoint")
-    client.set_terminated(run.info.run_id)
-    client.create_registered_model("vidllm-tiny")
-    client.create_model_version("vidllm-tiny", source=f"{run.info.artifact_uri}/export", run_id=run.info.run_id)
-    local = resolve_model_dir("models:/vidllm-tiny/1", str(tmp_path / "cache"))
-    assert local.name == "checkpoint" and (local / "config.json").is_file()
-    assert (local / "model.safetensors").read_bytes() == (tiny_checkpoint / "model.safetensors").read_bytes()
 
 
 # ---------------------------------------------------------------- config files and CLI
