@@ -36,7 +36,7 @@ import numpy as np
 
 from pipelines.scenes.video import encode_video
 from pipelines.serve.__main__ import INGRESS_MODES
-from pipelines.serve.config import AutoscalingSettings, ModelDeploymentSettings, ServeConfig
+from pipelines.serve.config import AutoscalingConfig, ModelDeploymentConfig, ServeConfig
 from pipelines.serve.video_input import SamplingSpec, sample_clip
 
 QUESTION = "what is on the table next to the chair?"
@@ -118,10 +118,10 @@ def app_config(model: str, max_batch_size: int, max_new_tokens: int, num_frames:
                batch_wait_timeout_s: float = 0.01) -> ServeConfig:
     return ServeConfig.tiny(
         model,
-        model=ModelDeploymentSettings(
+        model=ModelDeploymentConfig(
             num_gpus=0.0, num_cpus=0.5, max_ongoing_requests=16, max_queued_requests=256,
             max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s, cache_bytes=256 * 1024**2,
-            autoscaling=AutoscalingSettings(min_replicas=1, max_replicas=1),
+            autoscaling=AutoscalingConfig(min_replicas=1, max_replicas=1),
         ),
         limits={"num_frames": num_frames, "max_new_tokens": max_new_tokens, "max_upload_bytes": 16 * 1024**2},
     )

@@ -255,33 +255,42 @@ def run_id_of(uri: str) -> str:
     return training_run_id(target) or ""
 
 
-def load_model_and_tokenizer(checkpoint: str | os.PathLike, device: str = "cpu"):
-    """``(VidLLM in eval mode on device, tokenizer)`` from a local checkpoint directory.
+def load_tokenizer(checkpoint: str | os.PathLike, vidllm_config):
+    """The tokenizer of a local checkpoint directory for the model config ``vidllm_config``.
 
     The tokenizer saved next to the weights (``tokenizer.json``) is used when present, otherwise the config's own
-    (the offline word-level one for word-level configs). Either way its ``<scene>``/``<loc>`` ids must match the
-    model config.
+    (the offline word-level one for word-level configs). Either way its ``<scene>``/``<loc>`` ids must match.
 
     Raises:
         ValueError: the saved tokenizer's ``<scene>``/``<loc>`` ids disagree with the model config.
     """
     from transformers import PreTrainedTokenizerFast
 
-    from model import VidLLM, build_tokenizer
+    from model import build_tokenizer
     from model.tokenizer import LOC_TOKEN, SCENE_TOKEN
 
     checkpoint = str(checkpoint)
-    model = VidLLM.from_pretrained(checkpoint).to(device).eval()
-    llm = model.vidllm_config.llm
-    if os.path.isfile(os.path.join(checkpoint, "tokenizer.json")):
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(checkpoint, local_files_only=True)
-        ids = (tokenizer.convert_tokens_to_ids(SCENE_TOKEN), tokenizer.convert_tokens_to_ids(LOC_TOKEN))
-        if ids != (llm.scene_token_id, llm.loc_token_id):
-            raise ValueError(f"{checkpoint}: saved tokenizer has <scene>/<loc> ids {ids}, the model config expects "
-                             f"{(llm.scene_token_id, llm.loc_token_id)}")
-    else:
-        tokenizer = build_tokenizer(model.vidllm_config)
-    return model, tokenizer
+    if not os.path.isfile(os.path.join(checkpoint, "tokenizer.json")):
+        return build_tokenizer(vidllm_config)
+    llm = vidllm_config.llm
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(checkpoint, local_files_only=True)
+    ids = (tokenizer.convert_tokens_to_ids(SCENE_TOKEN), tokenizer.convert_tokens_to_ids(LOC_TOKEN))
+    if ids != (llm.scene_token_id, llm.loc_token_id):
+        raise ValueError(f"{checkpoint}: saved tokenizer has <scene>/<loc> ids {ids}, the model config expects "
+                         f"{(llm.scene_token_id, llm.loc_token_id)}")
+    return tokenizer
+
+
+def load_model_and_tokenizer(checkpoint: str | os.PathLike, device: str = "cpu"):
+    """``(VidLLM in eval mode on device, tokenizer)`` from a local checkpoint directory (see :func:`load_tokenizer`).
+
+    Raises:
+        ValueError: the saved tokenizer's ``<scene>``/``<loc>`` ids disagree with the model config.
+    """
+    from model import VidLLM
+
+    model = VidLLM.from_pretrained(str(checkpoint)).to(device).eval()
+    return model, load_tokenizer(checkpoint, model.vidllm_config)
 
 
 def read_model_config(uri: str, tracking_uri: str | None = None, flag: str = "init_from") -> dict:

@@ -242,6 +242,16 @@ def set_key(tree: dict[str, Any], key: str, value: Any, append: bool = False) ->
         node[parts[-1]] = value
 
 
+def merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``extra`` into ``base`` in place (mappings merge, anything else replaces); returns ``base``."""
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = json.loads(json.dumps(value)) if isinstance(value, Mapping | list) else value
+    return base
+
+
 def read_file(source: str) -> dict[str, Any]:
     """A config tree from a YAML or JSON file (local path or URI)."""
     from pipelines import storage
@@ -275,11 +285,17 @@ class ConfigSpec:
     name: str
     presets: Mapping[str, Callable[[], Any]]
 
-    def tree(self, source: str | None) -> dict[str, Any]:
-        """The starting tree: a preset's, a file's, or the defaults (``source`` empty)."""
-        source = source or ("default" if "default" in self.presets else "")
-        if not source:
-            return {}
+    def tree(self, sources: str | Sequence[str] | None) -> dict[str, Any]:
+        """The starting tree: presets' and files' trees merged in order (later fields win), or the default preset."""
+        sources = [sources] if isinstance(sources, str) else list(sources or [])
+        if not sources:
+            sources = ["default"] if "default" in self.presets else []
+        tree: dict[str, Any] = {}
+        for source in sources:
+            merge(tree, self._source_tree(source))
+        return tree
+
+    def _source_tree(self, source: str) -> dict[str, Any]:
         if source in self.presets:
             preset = self.presets[source]()
             return to_dict(preset) if dataclasses.is_dataclass(preset) else json.loads(json.dumps(preset))
@@ -290,8 +306,9 @@ class ConfigSpec:
                               "nor an existing YAML/JSON file")
         return read_file(source)
 
-    def load(self, source: str | None = None, overrides: Iterable[tuple[str, Any, bool] | str] = ()) -> Any:
-        """Preset or file, then overrides in order (``"key=value"`` strings or ``(key, value, append)``)."""
+    def load(self, source: str | Sequence[str] | None = None,
+             overrides: Iterable[tuple[str, Any, bool] | str] = ()) -> Any:
+        """Presets or files (merged in order), then overrides in order (``"key=value"`` or ``(key, value, append)``)."""
         tree = self.tree(source)
         for item in overrides:
             key, value, append = (*parse_override(item), False) if isinstance(item, str) else item
@@ -306,9 +323,10 @@ class ConfigSpec:
         group = parser.add_argument_group(
             "configuration", f"The {self.name} config is a preset or a YAML/JSON file, then --set overrides and the "
             "shortcut flags below, applied in command-line order (the fields are listed at the end).")
-        group.add_argument("--config", metavar="PRESET|FILE",
+        group.add_argument("--config", metavar="PRESET|FILE", action="append",
                            help=f"preset ({', '.join(sorted(self.presets))}) or a YAML/JSON file of config fields, "
-                           "such as the resolved config a run saves (default: the default preset)")
+                           "such as the resolved config a run saves; repeatable, later ones win field by field "
+                           "(default: the default preset)")
         group.add_argument("--set", dest="config_overrides", action=_SetAction, metavar="KEY=VALUE",
                            help="set a config field, the value parsed as YAML, e.g. --set a.b=3 (repeatable)")
         group.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
@@ -345,7 +363,7 @@ def _describe(cls: type, prefix: str) -> list[str]:
             default = "required"
         mark = "*" if f.metadata.get(HASHED, True) is False else ""
         doc = docs.get(f.name, "")
-        lines.append(f"{prefix}{f.name}{mark} = {default[:60]}" + (f"  ({doc})" if doc else ""))
+        lines.append(f"{prefix}{f.name}{mark} = {default[:60]}" + (f"  -- {doc}" if doc else ""))
     return lines
 
 
@@ -365,7 +383,8 @@ def field_docs(cls: type) -> dict[str, str]:
             docs[current] += " " + line.strip()
         elif not line.strip() and current:
             current = None
-    return {k: v.split(". ")[0].rstrip(".")[:90] for k, v in docs.items()}
+    short = {k: v.split(". ")[0].rstrip(".") for k, v in docs.items()}
+    return {k: v if len(v) <= 100 else v[:97] + "..." for k, v in short.items()}
 
 
 class _SetAction(argparse.Action):
@@ -428,6 +447,8 @@ def alias(group: argparse._ActionsContainer, flag: str, key: str | Sequence[str]
     keys = (key,) if isinstance(key, str) else tuple(key)
     shown = ", ".join(f"--set {k}=..." for k in keys)
     extra: dict[str, Any] = {"nargs": 0, "const": const} if const is not None else {}
+    if const is None and "choices" not in kwargs:
+        kwargs.setdefault("metavar", flag.lstrip("-").upper().replace("-", "_"))
     group.add_argument(flag, action=_AliasAction, keys=keys, convert=convert, append=append, dest="config_overrides",
                        default=None, help=f"{help} (= {shown})", **extra, **kwargs)
 

@@ -72,7 +72,7 @@ class VidLLMPyfunc(mlflow.pyfunc.PythonModel):
 
     def _frames(self, row: dict[str, Any], index: int, num_frames: int):
         from pipelines import storage
-        from pipelines.serve.config import LimitsSettings
+        from pipelines.serve.config import LimitsConfig
         from pipelines.serve.errors import ApiError
         from pipelines.serve.video_input import SamplingSpec, sample_clip
 
@@ -82,7 +82,7 @@ class VidLLMPyfunc(mlflow.pyfunc.PythonModel):
         if video:
             data = storage.read_bytes(str(video))
         try:
-            return sample_clip(bytes(data), SamplingSpec(num_frames, self.size, self.size), LimitsSettings()).frames
+            return sample_clip(bytes(data), SamplingSpec(num_frames, self.size, self.size), LimitsConfig()).frames
         except ApiError as err:
             raise ValueError(f"row {index}: {err.detail}") from err
 

@@ -387,17 +387,22 @@ def spec(stage: int | None = None) -> pconfig.ConfigSpec:
     return pconfig.ConfigSpec(TrainConfig, "train", presets)
 
 
-def resolve_config(source: str, overrides: Sequence[str | tuple[str, Any, bool]] = (), stage: int | None = None
-                   ) -> TrainConfig:
-    """Build a :class:`TrainConfig` from a preset name or a JSON/YAML file, then dotted overrides.
+def resolve_config(source: str | Sequence[str] | None, overrides: Sequence[str | tuple[str, Any, bool]] = (),
+                   stage: int | None = None) -> TrainConfig:
+    """Build a :class:`TrainConfig` from a preset name or a JSON/YAML file (or several, merged), then overrides.
 
     Args:
-        source: preset name (``stage1``, ``stage2``, ``tiny``) or path/URI of a ``.json``/``.yaml``/``.yml`` file.
+        source: preset name (``stage1``, ``stage2``, ``tiny``) or path/URI of a ``.json``/``.yaml``/``.yml`` file;
+            empty: the preset of ``stage``.
         overrides: ``dotted.key=value`` strings (or parsed ``(key, value, append)`` triples) applied in order.
         stage: when given, forces ``stage`` (the CLI's ``--stage``); ``tiny`` uses it to choose its variant.
     """
-    if stage is not None and source in ("stage1", "stage2") and source != f"stage{stage}":
-        raise ConfigError(f"--stage {stage} with --config {source}: that preset holds Stage {source[-1]}'s "
-                          f"training policy (loss weights, freezing); use --config stage{stage}")
+    sources = [source] if isinstance(source, str) else list(source or [])
+    if not sources:
+        sources = [f"stage{stage or 1}"]
+    for name in sources:
+        if stage is not None and name in ("stage1", "stage2") and name != f"stage{stage}":
+            raise ConfigError(f"--stage {stage} with --config {name}: that preset holds Stage {name[-1]}'s "
+                              f"training policy (loss weights, freezing); use --config stage{stage}")
     forced = [("stage", stage, False)] if stage is not None else []
-    return spec(stage).load(source, [*forced, *overrides])
+    return spec(stage).load(sources, [*forced, *overrides])

@@ -141,15 +141,17 @@ def localize_model_paths(model: dict[str, Any], cache_dir: str = "") -> dict[str
 
 def build_model(cfg: TrainConfig, tracking_uri: str):
     """``(model, tokenizer)``: random init from ``cfg.model`` (seeded by ``data.seed``, the same on every rank),
-    or the trained model named by ``init_from`` (any :mod:`pipelines.artifacts` URI)."""
+    or the trained model named by ``init_from`` (any :mod:`pipelines.artifacts` URI) with the tokenizer saved
+    next to its weights."""
     from model import VidLLM, VidLLMConfig, build_tokenizer
-    from pipelines.artifacts import resolve_model
+    from pipelines.artifacts import load_tokenizer, resolve_model
 
     if cfg.init_from:
-        model = VidLLM.from_pretrained(resolve_model(cfg.init_from, tracking_uri, flag="init_from").local_dir)
-    else:
-        torch.manual_seed(cfg.data.seed)
-        model = VidLLM(VidLLMConfig.from_dict(localize_model_paths(cfg.model)))
+        checkpoint = resolve_model(cfg.init_from, tracking_uri, flag="init_from").local_dir
+        model = VidLLM.from_pretrained(checkpoint)
+        return model, load_tokenizer(checkpoint, model.vidllm_config)
+    torch.manual_seed(cfg.data.seed)
+    model = VidLLM(VidLLMConfig.from_dict(localize_model_paths(cfg.model)))
     return model, build_tokenizer(model.vidllm_config)
 
 

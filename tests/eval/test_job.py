@@ -343,9 +343,9 @@ def test_config_validation_and_round_trip():
     assert EvalJobConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="unknown task"):
         EvalJobConfig(tasks=("scanqa", "vqa"))
-    with pytest.raises(ValueError, match="unknown eval config keys"):
+    with pytest.raises(ValueError, match="unknown field 'batchsize'"):
         EvalJobConfig.from_dict({"batchsize": 2})
-    with pytest.raises(ValueError, match="unknown eval protocol keys"):
+    with pytest.raises(ValueError, match="unknown field 'protocol.meteorr'"):
         EvalJobConfig.from_dict({"protocol": {"meteorr": False}})
     with pytest.raises(ValueError, match="num_gpus"):
         EvalJobConfig(num_gpus=-1)
