@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines import storage
+from pipelines import preflight, storage
 from pipelines.config import InputError
 from pipelines.tracking import RUN_FILE
 
@@ -165,20 +165,24 @@ def _download(artifact_uri: str, tracking_uri: str | None, uri: str, flag: str) 
     return fetch
 
 
-def _fsspec_copy(uri: str, flag: str) -> Callable[[str], None]:
+def _fsspec_copy(uri: str, flag: str) -> tuple[str, Callable[[str], None]]:
+    """``(cache key, fetch)`` of a directory on object storage; the key covers every file's name, size and ETag
+    (or mtime), so a directory rewritten in place (a rerun into the same output) is downloaded again."""
+    preflight.reachable(uri, flag)
     try:
         fs, path = storage.filesystem(uri)
-        if not fs.isdir(path):
-            raise ArtifactError(uri, "directory does not exist", flag)
-    except ArtifactError:
-        raise
+        listing = fs.find(path, detail=True) if fs.isdir(path) else {}
     except Exception as err:  # noqa: BLE001 - unknown protocol, bad bucket, credentials: name the URI
         raise ArtifactError(uri, f"cannot be opened ({type(err).__name__}: {err})", flag) from None
+    if not listing:
+        raise ArtifactError(uri, "directory does not exist", flag)
+    signature = sorted((name, info.get("size"), str(info.get("ETag") or info.get("mtime") or ""))
+                       for name, info in listing.items())
 
     def fetch(dst: str) -> None:
         fs.get(path.rstrip("/") + "/", dst + os.sep, recursive=True)
 
-    return fetch
+    return f"{uri}|{json.dumps(signature)}", fetch
 
 
 def local_dir(uri: str, cache_dir: str = "", tracking_uri: str | None = None, flag: str = "--model") -> str:
@@ -224,7 +228,8 @@ def resolve(uri: str, cache_dir: str, tracking_uri: str | None, flag: str, check
             raise ArtifactError(uri, "directory does not exist", flag)
         found = ModelSource(uri, local, source_run_id=training_run_id(local))
     else:
-        root = _cached(target, cache_dir, _fsspec_copy(target, flag))
+        key, fetch = _fsspec_copy(target, flag)
+        root = _cached(key, cache_dir, fetch)
         found = ModelSource(uri, root, source_run_id=training_run_id(target))
     if not checkpoint:
         return found
@@ -312,10 +317,15 @@ def read_model_config(uri: str, tracking_uri: str | None = None, flag: str = "in
         raw = _fetch_config(base, tracking_uri, uri, flag)
     else:
         root = target.removeprefix("file://") if is_local(target) else target
+        preflight.reachable(root, flag)
         try:
             fs, path = storage.filesystem(root)
+            if not fs.exists(path):
+                raise ArtifactError(uri, "directory does not exist", flag)
             candidates = [path.rstrip("/") + "/config.json"] if fs.isfile(path.rstrip("/") + "/config.json") else [
                 p for p in fs.find(path) if p.endswith("/config.json")]
+        except ArtifactError:
+            raise
         except Exception as err:  # noqa: BLE001 - credentials, endpoint, protocol: name the URI
             raise ArtifactError(uri, f"cannot be opened ({type(err).__name__}: {err})", flag) from None
         if len(candidates) != 1:

@@ -123,9 +123,17 @@ def check_run(cfg: TrainConfig, tracking_uri: str | None = None, cluster: dict[s
             _attempt(plan, lambda v=value, n=name: preflight.writable(v, n))
     shards = None
     if cfg.data.manifest_uri:
-        shards = _attempt(plan, lambda: load_shards(cfg.data.manifest_uri))
-        if shards is None and plan.problems and "data.manifest_uri" not in plan.problems[-1]:
-            plan.problems[-1] = f"train config field 'data.manifest_uri' {cfg.data.manifest_uri}: {plan.problems[-1]}"
+        from pipelines.manifest import manifest_uri
+
+        uri = cfg.data.manifest_uri
+        before = len(plan.problems)
+        _attempt(plan, lambda: preflight.readable(
+            uri if uri.endswith(".json") else manifest_uri(uri), "data.manifest_uri", "shard manifest",
+            "run the teachers job first, or check the path"))
+        if len(plan.problems) == before:
+            shards = _attempt(plan, lambda: load_shards(uri))
+            if shards is None and "data.manifest_uri" not in plan.problems[-1]:
+                plan.problems[-1] = f"train config field 'data.manifest_uri' {uri}: {plan.problems[-1]}"
     tree = _attempt(plan, lambda: model_tree(cfg, tracking_uri)) if (cfg.init_from or cfg.model) else None
     vidllm_cfg = None
     if tree is not None:
