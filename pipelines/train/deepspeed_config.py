@@ -2,7 +2,7 @@
 
 The optimizer is a torch ``AdamW`` passed to ``deepspeed.initialize`` as a client optimizer (not DeepSpeed's
 ``"optimizer"`` section): DeepSpeed's FusedAdam/CPUAdam are C++ ops that JIT-compile for 2-2.5 min on a fresh machine
-(stack notes §2), and a client optimizer lets us hand it only the trainable parameters. Wrapping a client optimizer in
+(measured on 2 CPU cores), and a client optimizer lets us hand it only the trainable parameters. Wrapping a client optimizer in
 ZeRO needs ``zero_allow_untested_optimizer``.
 """
 

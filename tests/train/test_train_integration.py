@@ -141,16 +141,15 @@ def test_worker_killed_midrun_resumes_from_last_complete_checkpoint(ray_session,
     assert (out / "model" / "model.safetensors").is_file()
     assert decoy.is_dir() and not (decoy / "COMPLETE.json").exists()
 
-    # The offline route (zero_to_fp32 over the final checkpoint's ZeRO shards) gives the same weights as the
-    # in-run export.
-    from model import VidLLM, build_tokenizer
-    from pipelines.train.checkpointing import DS_SUBDIR, DS_TAG
-    from pipelines.train.export import export_from_checkpoint
+    # The offline route (python -m pipelines.train.export: zero_to_fp32 over the final checkpoint's ZeRO shards)
+    # gives the same weights as the in-run export.
+    from model import VidLLM
+    from pipelines.train.export import main as export_main
 
     model = VidLLM.from_pretrained(str(out / "model"))
-    final = tmp_path / "ray" / "faulty" / checkpoint_dir_name(7) / DS_SUBDIR
-    export_from_checkpoint(str(final), DS_TAG, model.vidllm_config.to_dict(), build_tokenizer(model.vidllm_config),
-                           cfg, str(tmp_path / "offline"))
+    final = tmp_path / "ray" / "faulty" / checkpoint_dir_name(7)
+    assert export_main(["--checkpoint", str(final), "--run-config", str(out / "train_config.json"),
+                        "--dest", str(tmp_path / "offline")]) == 0
     offline = VidLLM.from_pretrained(str(tmp_path / "offline")).state_dict()
     for key, value in model.state_dict().items():
         assert torch.equal(offline[key], value), key
