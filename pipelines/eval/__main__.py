@@ -51,6 +51,9 @@ def build_parser() -> CliParser:
     io.add_argument("--mlflow-uri",
                     help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db)")
     io.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    io.add_argument("--dry-run", action="store_true",
+                    help="check the config, the shards and that the model exists (its config only is read), print "
+                    "the resolved config; start nothing, write nothing")
     group = SPEC.add_arguments(p)
     group.add_argument("--tiny", dest="config", action="append_const", const="tiny", help="same as --config tiny")
     alias(group, "--tasks", "tasks", convert=lambda text: [t.strip() for t in text.split(",") if t.strip()],
@@ -89,8 +92,26 @@ def _main(argv: list[str] | None) -> int:
     if args.print_config:
         print_config(config)
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     bound_http_retries()
+    if args.dry_run:
+        from pipelines import preflight
+        from pipelines.artifacts import read_model_config
+        from pipelines.eval.job import plan_clips
+
+        try:
+            clips = plan_clips(args.data, config.clip_index)
+        except DataSourceError as err:
+            raise InputError(str(err)) from None
+        read_model_config(args.model, args.mlflow_uri, flag="--model")
+        if args.annotations:
+            preflight.readable(args.annotations, "--annotations", "annotations root", "check the path")
+        preflight.writable(args.out, "--out")
+        print_config(config)
+        count = sum(len(shard["keys"]) for shard in clips)
+        print(f"dry run: config valid, {count} clips to evaluate, model {args.model} found; nothing was started",
+              file=sys.stderr)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         result = run_evaluation(args.model, args.data, args.out, config, annotations_uri=args.annotations,
                                 tracking_uri=args.mlflow_uri, ray_address=args.ray_address)
