@@ -171,7 +171,8 @@ def _fsspec_copy(uri: str, flag: str) -> tuple[str, Callable[[str], None]]:
     preflight.reachable(uri, flag)
     try:
         fs, path = storage.filesystem(uri)
-        listing = fs.find(path, detail=True) if fs.isdir(path) else {}
+        fs.invalidate_cache(path)  # a listing cached by this process may predate a rewrite of the directory
+        listing = {name: info for name, info in fs.find(path, detail=True).items() if info.get("type") == "file"}
     except Exception as err:  # noqa: BLE001 - unknown protocol, bad bucket, credentials: name the URI
         raise ArtifactError(uri, f"cannot be opened ({type(err).__name__}: {err})", flag) from None
     if not listing:

@@ -347,9 +347,10 @@ def test_model_from_s3_is_downloaded_once(tmp_path, trained_model, s3_bucket):
     first = resolve_model(remote, cache_dir=str(tmp_path / "cache"))
     assert Path(first.local_dir, "model.safetensors").read_bytes() == \
         Path(trained_model["path"], "model.safetensors").read_bytes()
-    fs.rm(remote.removeprefix("s3://"), recursive=True)  # a second resolve must come from the cache
-    again = resolve_model(remote, cache_dir=str(tmp_path / "cache"))
+    stamp = Path(first.local_dir, "model.safetensors").stat().st_mtime_ns
+    again = resolve_model(remote, cache_dir=str(tmp_path / "cache"))  # unchanged on S3: served from the cache
     assert again.local_dir == first.local_dir and again.tags() == {"model_uri": remote}
+    assert Path(again.local_dir, "model.safetensors").stat().st_mtime_ns == stamp
 
 
 def test_select_annotations_split_limit_and_missing_boxes():
