@@ -344,7 +344,7 @@ class MultitaskLoss:
     """Weighted sum of the losses whose weight is > 0 and whose targets are in the batch.
 
     Args:
-        weights: :class:`LossWeights` (``LossWeights.stage1()`` / ``.stage2()``).
+        weights: :class:`LossWeights` (the training stages set theirs in ``pipelines/train/config.py``).
 
     Call: ``loss(output, batch) -> (total, terms)`` where ``terms`` maps each computed loss name (``geo``,
     ``lang``, ``sc``, ``camera``, ``depth``, ``point``, ``metric_depth``, ``lm``, ``box`` and the box parts) to its
