@@ -319,8 +319,7 @@ def stage_policy(stage: int) -> tuple[LossWeights, FreezeConfig]:
     Stage 1, dual-teacher distillation ``L_geo + L_lang + sc * L_sc`` (``sc`` = λ, not given by the paper), trains
     the encoder, the Cross-Task Adapter and the distillation projections. Stage 2, joint optimisation
     ``L_recon (camera 5, depth 1, point map 1: VGGT's weights) + L_VL (LM 1, box 1) + L_MD (1)``, freezes the
-    encoder and the (unused)
-    distillation projections and trains the rest.
+    encoder and the (unused) distillation projections and trains the rest.
     """
     if stage == 1:
         return LossWeights(geo=1.0, lang=1.0, sc=1.0), FreezeConfig(trainable=("encoder.*", "adapter.*", "distill.*"))
