@@ -414,25 +414,52 @@ def stage1() -> TrainConfig:
     return TrainConfig(
         stage=1,
         model=VidLLMConfig.small().to_dict(),
+        data=DataConfig(num_workers=2),
         optim=OptimConfig(lr=1e-4, warmup_steps=200),
         schedule=ScheduleConfig(num_epochs=10, checkpoint_every=500, log_every=10),
         loss=stage_policy(1)[0],
         freeze=stage_policy(1)[1],
-        run=RunConfig(name="vidllm-stage1", num_workers=8, use_gpu=True, cpus_per_worker=8),
+        run=_cluster_run("vidllm-stage1"),
     )
+
+
+#: Usable memory of one 80 GB GPU (A100/H100 80 GB: 80 GiB, less ~2 GiB for the CUDA context and NCCL buffers).
+GPU_80GB_USABLE_GIB = 78.0
+
+
+def _cluster_run(name: str) -> RunConfig:
+    """8 GPU workers of 8 CPUs each: one 8-GPU node of ``ray_cluster.yaml``/``infra/k8s/rayjob-train.yaml``."""
+    return RunConfig(name=name, num_workers=8, use_gpu=True, cpus_per_worker=8, gpu_memory_gib=GPU_80GB_USABLE_GIB)
 
 
 def stage2() -> TrainConfig:
     """Stage 2 (joint optimisation, encoder frozen) from a Stage-1 model named by ``init_from``, ZeRO-3."""
     return TrainConfig(
         stage=2,
+        data=DataConfig(num_workers=2),
         optim=OptimConfig(lr=2e-5, warmup_steps=200),
         deepspeed=DeepSpeedConfig(zero_stage=3),
         schedule=ScheduleConfig(num_epochs=3, checkpoint_every=500, log_every=10),
         loss=stage_policy(2)[0],
         freeze=stage_policy(2)[1],
-        run=RunConfig(name="vidllm-stage2", num_workers=8, use_gpu=True, cpus_per_worker=8),
+        run=_cluster_run("vidllm-stage2"),
     )
+
+
+def stage2_base() -> TrainConfig:
+    """Stage 2 of the paper-size model (a Stage-1 export of ``VidLLMConfig.base()``: DINOv2-L/14-reg, VGGT-1B-size
+    reconstruction, a Vicuna-7B-shaped LLM; 8.0 B parameters) on one node of 8 x 80 GB GPUs.
+
+    The recipe the memory model (:mod:`pipelines.train.memory`, ``--dry-run``) says fits: ZeRO-3 (every rank holds
+    1/8 of the weights, gradients and optimizer state), bf16, micro-batch 2 of 32 frames, activation checkpointing
+    of every component. Without checkpointing one 32-frame clip alone needs ~100 GiB of activations.
+    """
+    cfg = stage2()
+    cfg.data = DataConfig(micro_batch_size=2, num_frames=32, num_workers=2)
+    cfg.activation_checkpointing = ActivationCheckpointingConfig(encoder=True, reconstruction=True, heads=True,
+                                                                 llm=True)
+    cfg.run = _cluster_run("vidllm-stage2-base")
+    return cfg
 
 
 def tiny(stage: int = 1) -> TrainConfig:
@@ -442,7 +469,7 @@ def tiny(stage: int = 1) -> TrainConfig:
     return TrainConfig(
         stage=stage,
         model=VidLLMConfig.tiny().to_dict() if stage == 1 else {},
-        data=DataConfig(micro_batch_size=2, max_text_tokens=96),
+        data=DataConfig(micro_batch_size=2),
         optim=OptimConfig(lr=3e-3, warmup_steps=2, min_lr_ratio=0.3),
         deepspeed=DeepSpeedConfig(zero_stage=2, precision="fp32"),
         schedule=ScheduleConfig(num_epochs=1, checkpoint_every=2, log_every=1),
@@ -452,7 +479,7 @@ def tiny(stage: int = 1) -> TrainConfig:
     )
 
 
-PRESETS = {"stage1": stage1, "stage2": stage2, "tiny": tiny}
+PRESETS = {"stage1": stage1, "stage2": stage2, "stage2_base": stage2_base, "tiny": tiny}
 
 
 def spec(stage: int | None = None) -> pconfig.ConfigSpec:
@@ -475,8 +502,8 @@ def resolve_config(source: str | Sequence[str] | None, overrides: Sequence[str |
     if not sources:
         sources = [f"stage{stage or 1}"]
     for name in sources:
-        if stage is not None and name in ("stage1", "stage2") and name != f"stage{stage}":
-            raise ConfigError(f"--stage {stage} with --config {name}: that preset holds Stage {name[-1]}'s "
+        if stage is not None and name in PRESETS and name != "tiny" and PRESETS[name]().stage != stage:
+            raise ConfigError(f"--stage {stage} with --config {name}: that preset holds Stage {PRESETS[name]().stage}'s "
                               f"training policy (loss weights, freezing); use --config stage{stage}")
     forced = [("stage", stage, False)] if stage is not None else []
     return spec(stage).load(sources, [*forced, *overrides])
