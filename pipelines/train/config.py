@@ -368,7 +368,7 @@ def tiny(stage: int = 1) -> TrainConfig:
     return TrainConfig(
         stage=stage,
         model=VidLLMConfig.tiny().to_dict() if stage == 1 else {},
-        data=DataConfig(micro_batch_size=2, max_text_tokens=96),
+        data=DataConfig(micro_batch_size=2, max_text_tokens=256),
         optim=OptimConfig(lr=3e-3, warmup_steps=2, min_lr_ratio=0.3),
         deepspeed=DeepSpeedConfig(zero_stage=2, precision="fp32"),
         schedule=ScheduleConfig(num_epochs=1, checkpoint_every=2, log_every=1),
