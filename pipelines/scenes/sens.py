@@ -146,14 +146,17 @@ class SensReader(SceneReader):
     whole file between the payloads. Where they come from, cheapest first:
 
     1. The sidecar index ``<file>.index.npz`` (:func:`index_uri`), when present and matching the file (size and
-       ETag/mtime): one request, and then each frame costs one range request (colour and depth are contiguous).
+       ETag/mtime): one GET, and then each frame costs one range GET (colour and depth are contiguous).
     2. Otherwise, for a file on object storage (``spool=None`` default): one sequential download (a single GET) into
-       a local spool file, deleted when the reader closes; every later read is local. That is the cost of a
-       whole-scene sample, whose frames lie all over the file anyway, instead of a request per frame header.
+       a local spool file, unlinked at once and gone when the reader closes; every later read is local. That is
+       the cost of a whole-scene sample, whose frames lie all over the file anyway, instead of a request per frame
+       header.
     3. Otherwise (local files, or ``spool=False``): seek from frame header to frame header reading 96 bytes each.
 
-    With ``write_index=True`` a reader that had to scan writes the sidecar (one PUT), so later opens take route 1.
-    A sidecar that cannot be written (read-only storage) is skipped with a warning.
+    Before any of these, one listing of the file's folder gives its size and version and tells whether a sidecar
+    exists (on S3 one LIST, often already cached by layout detection). With ``write_index=True`` a reader that had
+    to scan writes the sidecar (one PUT), so later opens take route 1. A sidecar that cannot be written (read-only
+    storage) is skipped with a warning.
 
     Attributes (besides :class:`SceneReader`'s):
         header: the parsed :class:`SensHeader`.
@@ -171,16 +174,19 @@ class SensReader(SceneReader):
         self.uri = uri
         self.scene_id = scene_id or _stem(uri)
         fs, path = filesystem(uri)
+        # One listing of the folder gives the file's size and version and tells whether a sidecar index exists
+        # (on object stores: one LIST, often already cached by the layout detection, instead of two HEADs).
         try:
-            info = fs.info(path)
+            listing = {e["name"].rstrip("/"): e for e in fs.ls(posixpath.dirname(path), detail=True)}
         except FileNotFoundError:
-            info = {}
+            listing = {}
+        info = listing.get(path.rstrip("/"), {})
         if info.get("type") != "file":
             raise MissingFileError(uri, ".sens file does not exist")
         self._size = int(info["size"])
         self._version = _object_version(info)
         self._bytes_read = 0
-        index = self._read_sidecar()
+        index = self._read_sidecar() if path + INDEX_SUFFIX in listing else None
         self.index_source = "sidecar" if index is not None else "scan"
         self.spooled = bool(spool) if spool is not None else index is None and not _is_local(fs)
         if self.spooled:
@@ -309,7 +315,7 @@ class SensReader(SceneReader):
             self.timestamps_s = np.arange(n, dtype=np.float64) / DEFAULT_FPS
 
     def _read_sidecar(self) -> dict[str, np.ndarray] | None:
-        """The sidecar index, or None when it is absent, unreadable, or describes another version of the file."""
+        """The sidecar index, or None when it is unreadable or describes another version of the file."""
         try:
             data = read_bytes(index_uri(self.uri))
         except FileNotFoundError:

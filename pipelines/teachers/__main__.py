@@ -60,11 +60,16 @@ def resolve_config(args: argparse.Namespace) -> TeachersConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.teachers.architecture import TeacherArchitectureError
     from pipelines.teachers.job import run_teachers
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    manifest = run_teachers(args.clips, args.out, resolve_config(args), ray_address=args.ray_address)
+    try:
+        manifest = run_teachers(args.clips, args.out, resolve_config(args), ray_address=args.ray_address)
+    except (TeacherArchitectureError, FileNotFoundError) as err:  # a wrong or missing teacher folder or input
+        print(f"python -m pipelines.teachers: error: {err}", file=sys.stderr)
+        return 2
     return 0 if manifest.summary.get("clips_written", 0) > 0 or not manifest.summary.get("clips") else 1
 
 

@@ -161,16 +161,17 @@ def s3_scene(s3_bucket, tmp_path, color_intrinsics, depth_intrinsics):
 def test_whole_scene_sample_from_s3_is_one_sequential_download(s3_scene):
     uri, local, fs = s3_scene
     size = fs.size(filesystem(uri)[1])
+    fs.invalidate_cache()
     with S3Calls(fs) as calls, SensReader(uri) as reader:
         assert reader.spooled and reader.index_source == "scan" and reader.num_frames == 240
         assert reader.invalid_frames == [3, 100]
         wanted = [int(i) for i in np.flatnonzero(reader.valid)[::8]]
         frames = reader.read_frames(wanted)
         streamed = list(reader)
-    # One GET of the whole object (no Range). Besides it: the .sens metadata (HEAD) and the look-up of the absent
-    # sidecar (s3fs: HEAD + LIST); nothing per frame.
-    assert [(r is None) for _, _, r in calls.gets(".sens")] == [True] and calls.served == [size]
-    assert len(calls.calls) <= 4
+    # One listing of the folder (size, version, no sidecar) and one GET of the whole object; nothing per frame.
+    assert [op for op, _, _ in calls.calls] == ["ListObjectsV2", "GetObject"]
+    assert calls.gets(".sens") == [("GetObject", "scans/scene0000_00/scene0000_00.sens", None)]
+    assert calls.served == [size]
     assert reader.bytes_read == size
     with SensReader(local) as want:
         assert not want.spooled
@@ -189,15 +190,15 @@ def test_sidecar_index_makes_random_access_one_request_per_frame(s3_scene):
         assert first.index_source == "scan"
     assert fs.exists(filesystem(index_uri(uri))[1])
     wanted = [5, 17, 100, 238]
+    fs.invalidate_cache()
     with S3Calls(fs) as calls, SensReader(uri) as reader:
         frames = [reader.read_frame(i) for i in wanted]
     assert reader.index_source == "sidecar" and not reader.spooled and reader.invalid_frames == [3, 100]
     frame_gets = calls.gets(".sens")
     assert len(frame_gets) == len(wanted) and all(r is not None for _, _, r in frame_gets)
-    # Besides one ranged GET per frame, a constant few whatever the frame count: the .sens metadata (HEAD), the
-    # sidecar (s3fs: HEAD + GET), and the HEAD s3fs's file object makes for itself.
-    others = [c for c in calls.calls if c not in frame_gets]
-    assert len(others) <= 4 and {op for op, _, _ in others} <= {"HeadObject", "GetObject"}
+    # Besides one ranged GET per frame, two at open whatever the frame count: the folder listing and the sidecar.
+    assert [c for c in calls.calls if c not in frame_gets] == [
+        ("ListObjectsV2", "", None), ("GetObject", "scans/scene0000_00/scene0000_00.sens.index.npz", None)]
     with SensReader(local) as want:
         for name, value in vars(want.header).items():
             np.testing.assert_array_equal(getattr(reader.header, name), value)
