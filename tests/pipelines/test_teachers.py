@@ -351,7 +351,7 @@ def test_random_clip_standin_is_labelled_and_defaults_to_clip_l_336(tmp_path):
     config = json.loads((tmp_path / "x" / "config.json").read_text())
     assert "random" in config[STANDIN_KEY] and "ViT-L/14-336" in config[STANDIN_KEY]
     assert SemanticTeacher(str(tmp_path / "x"), str(tmp_path)).standin == config[STANDIN_KEY]
-    with torch.device("meta"):  # the default stand-in has CLIP ViT-L/14-336's vision tower: 303 M parameters
+    with torch.device("meta"):  # the default stand-in has CLIP ViT-L/14-336's vision tower: 303.5 M parameters
         default = CLIPVisionModel(CLIPVisionConfig(**CLIP_L_336))
-    assert round(sum(p.numel() for p in default.parameters()) / 1e6) == 303
+    assert 303e6 < sum(p.numel() for p in default.parameters()) < 304e6
     assert (default.config.image_size, default.config.patch_size, default.config.hidden_size) == (336, 14, 1024)

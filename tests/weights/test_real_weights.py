@@ -83,3 +83,24 @@ def test_smollm2_is_a_plain_llama_with_its_own_tokenizer_and_chat_template(smoll
 def test_smollm2_answers_the_documented_question_greedily(smollm2):
     model, tokenizer = smollm2
     assert w.greedy_answer(model, tokenizer).startswith(w.SMOLLM2_ANSWER)
+
+
+def test_real_dinov2_is_a_geometry_teacher_only_when_configured_as_plain_dinov2(real_weights, images, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from pipelines.teachers.architecture import TeacherArchitectureError
+    from pipelines.teachers.geometry import GeometryTeacher
+
+    path = real_weights[w.DINOV2_SMALL]
+    with pytest.raises(TeacherArchitectureError, match="Dinov2Model.*expects Dinov2WithRegistersModel"):
+        GeometryTeacher(path, str(tmp_path))
+    teacher = GeometryTeacher(path, str(tmp_path), architecture="Dinov2Model")
+    with Image.open(images["bus.jpg"]) as img:
+        frame = np.asarray(img.convert("RGB").resize((196, 252)))
+    tokens = teacher(np.stack([frame, frame[:, ::-1]]))
+    assert tokens.shape == (2, 18 * 14, 384) and np.isfinite(tokens).all()
+    # Patch tokens of a mirrored frame are the mirrored tokens, up to what DINOv2 learnt of left and right.
+    grid = tokens.reshape(2, 18, 14, 384)
+    cos = (grid[0] * grid[1][:, ::-1]).sum(-1) / (np.linalg.norm(grid[0], axis=-1) * np.linalg.norm(grid[1][:, ::-1], axis=-1))
+    assert cos.mean() > 0.8
