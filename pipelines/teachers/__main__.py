@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--geometry-teacher", help="local path or URI of the geometry teacher's HF folder")
     p.add_argument("--semantic-teacher", help="local path or URI of the semantic teacher's HF folder")
     p.add_argument("--config", help="JSON file with TeachersConfig fields; flags override it")
-    p.add_argument("--token-codec", choices=("fp16", "int8"), help="storage of geometry patch tokens")
+    p.add_argument("--token-codec", choices=("fp16", "int8"), help="storage of geometry patch tokens (default int8)")
     p.add_argument("--num-gpus", type=float, help="GPUs per teacher actor (both pools)")
     p.add_argument("--batch-size", type=int, help="clips per actor call (both pools)")
     p.add_argument("--concurrency", type=int, help="actors per teacher pool")
