@@ -464,58 +464,53 @@ def _copy_images(files: dict[str, Path], tmp: Path) -> tuple[list[str], dict[str
 # --- VGGT-1B encoder ----------------------------------------------------------------------------------------
 
 
-def read_state_dict(uri: str) -> dict[str, Any]:
-    """A checkpoint at a local path or URI as a state dict: ``.safetensors``, or a torch pickle (``.pt``/``.pth``,
-    loaded with ``weights_only=True``; a ``{"model": state_dict}`` wrapper is unwrapped)."""
-    import torch
-    from safetensors.torch import load_file
-
-    from pipelines import storage
-
-    fs, path = storage.filesystem(uri)
-    if not fs.exists(path):
-        raise WeightsError(f"{uri}: checkpoint does not exist")
-    with tempfile.TemporaryDirectory(prefix="vidllm-vggt-") as tmp:
-        local = fs._strip_protocol(path) if "file" in fs.protocol or "local" in fs.protocol else None
-        if local is None:
-            local = os.path.join(tmp, os.path.basename(path))
-            fs.get_file(path, local)
-        try:
-            if local.endswith(".safetensors"):
-                state = load_file(local)
-            else:
-                state = torch.load(local, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is reported the same way
-            raise WeightsError(f"{uri}: cannot read the checkpoint ({type(err).__name__}: {err})") from err
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not state:
-        raise WeightsError(f"{uri}: not a state dict (got {type(state).__name__})")
-    return state
-
-
-def convert_vggt(checkpoint: str, out: str | os.PathLike, log: Callable[[str], None] = print) -> str:
+def convert_vggt(checkpoint: str, out: str | os.PathLike, num_attention_heads: int | None = None,
+                 log: Callable[[str], None] = print) -> str:
     """Convert a VGGT-format checkpoint's encoder into a verified HF DINOv2-with-registers folder at ``out``.
 
-    The key mapping and the folder layout are :func:`model.encoder.convert_vggt_encoder`'s; this wraps it with
-    reading from a path or URI, a temporary folder renamed into place, and the ``vidllm-weights.json`` stamp.
-    """
-    target = Path(out).expanduser().resolve()
-    log(f"reading {checkpoint}")
-    state = read_state_dict(checkpoint)
-    from model.encoder import convert_vggt_encoder
+    Reading the checkpoint (safetensors or a torch state dict, told apart by content), the key mapping and the
+    folder layout are :mod:`model.vggt_weights`'s; this wraps them with reading from a path or URI (a remote
+    checkpoint is downloaded to a temporary file first: ``model/`` reads local files only), a temporary folder
+    renamed into place, and the ``vidllm-weights.json`` stamp.
 
-    target.parent.mkdir(parents=True, exist_ok=True)
+    Args:
+        checkpoint: local path or URI of the checkpoint (e.g. ``facebook/VGGT-1B``'s ``model.pt``).
+        out: the HF folder to write (local).
+        num_attention_heads: heads of the ViT (not recoverable from the weights); ``None`` = DINOv2's 64-wide heads.
+        log: progress sink.
+
+    Returns:
+        The folder's path.
+    """
+    from pipelines import storage
+
+    target = Path(out).expanduser().resolve()
+    fs, path = storage.filesystem(checkpoint)
+    if not fs.isfile(path):
+        raise WeightsError(f"{checkpoint}: checkpoint does not exist")
+    from model.vggt_weights import convert_vggt_encoder, read_vggt_checkpoint
+
+    log(f"reading {checkpoint}")
+    with tempfile.TemporaryDirectory(prefix="vidllm-vggt-") as scratch:
+        protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+        local = path if "file" in protocols or "local" in protocols else os.path.join(scratch, "checkpoint")
+        if local != path:
+            fs.get_file(path, local)
+        try:
+            state = read_vggt_checkpoint(local)
+        except ValueError as err:
+            raise WeightsError(f"{checkpoint}: {' '.join(str(err).split())}") from err
 
     def build(tmp: Path) -> tuple[list[str], dict[str, Any]]:
         try:
-            convert_vggt_encoder(state, str(tmp))
-        except (KeyError, ValueError) as err:
+            convert_vggt_encoder(state, tmp, num_attention_heads=num_attention_heads)
+        except ValueError as err:
             raise WeightsError(f"{checkpoint}: {' '.join(str(err).split())}") from err
         config = json.loads((tmp / "config.json").read_text())
-        return [checkpoint], {"architectures": config.get("architectures"),
-                              "num_register_tokens": config.get("num_register_tokens")}
+        return [checkpoint], {key: config.get(key) for key in (
+            "architectures", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_register_tokens")}
 
+    target.parent.mkdir(parents=True, exist_ok=True)
     _build(target, target.name, build, log)
     return str(target)
 
@@ -539,11 +534,13 @@ def build_parser() -> argparse.ArgumentParser:
     inst.add_argument("--force", action="store_true", help="rebuild folders even when they verify")
     vggt = sub.add_parser(
         "convert-vggt", help="a VGGT-format checkpoint's encoder -> HF Dinov2WithRegistersModel folder",
-        description="Reads CHECKPOINT (local path or URI; .safetensors or a torch .pt/.pth state dict) and writes "
-        "the DINOv2-with-registers encoder under aggregator.patch_embed as an HF folder usable as the geometry "
-        "teacher and as base()'s encoder.")
+        description="Reads CHECKPOINT (local path or URI; safetensors or a torch state dict such as VGGT-1B's "
+        "model.pt) and writes the DINOv2-with-registers encoder under aggregator.patch_embed as an HF folder "
+        "usable as the geometry teacher and as base()'s encoder.")
     vggt.add_argument("checkpoint", help="VGGT checkpoint: local path or URI")
     vggt.add_argument("--out", required=True, help="output HF folder (local)")
+    vggt.add_argument("--num-attention-heads", type=int, default=None,
+                      help="heads of the ViT (default: DINOv2's 64-channel heads, 16 for VGGT-1B's ViT-L)")
     return parser
 
 
@@ -559,13 +556,13 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"install needs --dir DIR (or {WEIGHTS_DIR_ENV})")
             install(args.dir, force=args.force, log=lambda msg: print(msg, flush=True))
         else:
-            convert_vggt(args.checkpoint, args.out, log=lambda msg: print(msg, flush=True))
+            convert_vggt(args.checkpoint, args.out, args.num_attention_heads, log=lambda msg: print(msg, flush=True))
     except (WeightsError, OSError) as err:
         print(f"vidllm weights {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as err:
-        print(f"vidllm weights {args.command}: error: module {err.name} is not installed; "
-              "install the 'weights' extra: pip install -e '.[weights]'", file=sys.stderr)
+        print(f"vidllm weights {args.command}: error: module {err.name} is missing (the converters come with the "
+              "'weights' extra: pip install -e '.[weights]')", file=sys.stderr)
         return 2
     return 0
 

@@ -93,8 +93,66 @@ def test_cli_help_and_one_line_errors(tmp_path):
     garbage.write_bytes(b"not a checkpoint")
     bad = _cli("convert-vggt", str(garbage), "--out", str(tmp_path / "out"))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
-    assert "cannot read the checkpoint" in bad.stderr and not (tmp_path / "out").exists()
+    assert "neither safetensors nor a torch checkpoint" in bad.stderr and not (tmp_path / "out").exists()
     for name in w.FOLDERS:
         _fake_folder(tmp_path / "w" / name)
     kept = _cli("install", env_dir=str(tmp_path / "w"))  # the directory comes from the environment
     assert kept.returncode == 0 and kept.stdout.count("verified, kept") == 3
+
+
+def _vggt_checkpoint(model) -> dict:
+    """A VGGT-format state dict (facebookresearch/dinov2 names under ``aggregator.patch_embed.``, fused qkv) holding
+    the HF ``Dinov2WithRegistersModel`` ``model``, plus a reconstruction-branch key the encoder conversion ignores."""
+    import torch
+
+    hf = model.state_dict()
+    p = "aggregator.patch_embed."
+    out = {p + "cls_token": hf["embeddings.cls_token"], p + "mask_token": hf["embeddings.mask_token"],
+           p + "register_tokens": hf["embeddings.register_tokens"],
+           p + "pos_embed": hf["embeddings.position_embeddings"],
+           p + "patch_embed.proj.weight": hf["embeddings.patch_embeddings.projection.weight"],
+           p + "patch_embed.proj.bias": hf["embeddings.patch_embeddings.projection.bias"],
+           p + "norm.weight": hf["layernorm.weight"], p + "norm.bias": hf["layernorm.bias"],
+           "aggregator.camera_token": torch.zeros(1, 2, 1, 8)}
+    for i in range(model.config.num_hidden_layers):
+        hl, vl = f"encoder.layer.{i}.", f"{p}blocks.{i}."
+        for part in ("weight", "bias"):
+            out[f"{vl}attn.qkv.{part}"] = torch.cat([hf[f"{hl}attention.{x}_proj.{part}"] for x in "qkv"])
+            out[f"{vl}attn.proj.{part}"] = hf[f"{hl}attention.o_proj.{part}"]
+            for norm in ("norm1", "norm2"):
+                out[f"{vl}{norm}.{part}"] = hf[f"{hl}{norm}.{part}"]
+            for fc in ("fc1", "fc2"):
+                out[f"{vl}mlp.{fc}.{part}"] = hf[f"{hl}mlp.{fc}.{part}"]
+        out[f"{vl}ls1.gamma"] = hf[f"{hl}layer_scale1.lambda1"]
+        out[f"{vl}ls2.gamma"] = hf[f"{hl}layer_scale2.lambda1"]
+    return out
+
+
+def test_convert_vggt_from_s3_gives_a_verified_geometry_teacher_folder(s3_bucket, tmp_path):
+    pytest.importorskip("model.vggt_weights", reason="the model branch's VGGT converter is not merged yet")
+    import numpy as np
+    import torch
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    from pipelines.storage import filesystem
+    from pipelines.teachers.geometry import GeometryTeacher
+
+    torch.manual_seed(0)
+    model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, image_size=56,
+        patch_size=14, num_register_tokens=4)).eval()
+    torch.save(_vggt_checkpoint(model), tmp_path / "model.pt")
+    uri = f"{s3_bucket}/vggt/model.pt"
+    fs, path = filesystem(uri)
+    fs.put_file(str(tmp_path / "model.pt"), path)
+    out = tmp_path / "vggt-encoder"
+    proc = _cli("convert-vggt", uri, "--out", str(out), "--num-attention-heads", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert w.verified(out) and json.loads((out / w.MARKER).read_text())["sources"] == [uri]
+    frames = np.random.default_rng(0).integers(0, 256, (2, 56, 42, 3), dtype=np.uint8)
+    teacher = GeometryTeacher(str(out), str(tmp_path))  # Dinov2WithRegistersModel, the default architecture
+    with torch.inference_mode():
+        x = (torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255 - torch.tensor((0.485, 0.456, 0.406))[
+            :, None, None]) / torch.tensor((0.229, 0.224, 0.225))[:, None, None]
+        want = model(pixel_values=x).last_hidden_state[:, 5:].numpy()
+    np.testing.assert_allclose(teacher(frames), want, atol=1e-5)
