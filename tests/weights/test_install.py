@@ -89,11 +89,6 @@ def test_cli_help_and_one_line_errors(tmp_path):
     assert absent.returncode == 2
     assert absent.stderr.strip().splitlines() == [
         f"vidllm weights convert-vggt: error: {tmp_path / 'vggt.pt'}: checkpoint does not exist"]
-    garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(b"not a checkpoint")
-    bad = _cli("convert-vggt", str(garbage), "--out", str(tmp_path / "out"))
-    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
-    assert "neither safetensors nor a torch checkpoint" in bad.stderr and not (tmp_path / "out").exists()
     for name in w.FOLDERS:
         _fake_folder(tmp_path / "w" / name)
     kept = _cli("install", env_dir=str(tmp_path / "w"))  # the directory comes from the environment
@@ -149,6 +144,11 @@ def test_convert_vggt_from_s3_gives_a_verified_geometry_teacher_folder(s3_bucket
     proc = _cli("convert-vggt", uri, "--out", str(out), "--num-attention-heads", "2")
     assert proc.returncode == 0, proc.stderr
     assert w.verified(out) and json.loads((out / w.MARKER).read_text())["sources"] == [uri]
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    bad = _cli("convert-vggt", str(garbage), "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "neither safetensors nor a torch checkpoint" in bad.stderr and not (tmp_path / "bad").exists()
     frames = np.random.default_rng(0).integers(0, 256, (2, 56, 42, 3), dtype=np.uint8)
     teacher = GeometryTeacher(str(out), str(tmp_path))  # Dinov2WithRegistersModel, the default architecture
     with torch.inference_mode():
