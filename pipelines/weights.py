@@ -103,7 +103,9 @@ def _stamp(folder: Path, name: str, sources: list[str], checks: dict[str, Any]) 
     for path in paths:  # safetensors are written owner-only; the folder is a cache other users read too
         path.chmod(0o644)
     files = {p.relative_to(folder).as_posix(): _sha256(p) for p in paths}
-    record = {"name": name, "format_version": FORMAT_VERSION, "sources": sources, "checks": checks, "files": files}
+    sizes = {p.relative_to(folder).as_posix(): p.stat().st_size for p in paths}
+    record = {"name": name, "format_version": FORMAT_VERSION, "sources": sources, "checks": checks, "files": files,
+              "sizes": sizes}
     (folder / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
@@ -123,8 +125,9 @@ def verified(folder: str | os.PathLike, deep: bool = True) -> bool:
     if record.get("format_version") != FORMAT_VERSION:
         return False
     files = record.get("files", {})
-    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {MARKER}
-    if present != set(files):
+    present = {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+    present.pop(MARKER, None)
+    if present != record.get("sizes") or set(present) != set(files):
         return False
     return all(_sha256(folder / rel) == sha for rel, sha in files.items()) if deep else True
 

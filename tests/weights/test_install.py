@@ -35,6 +35,8 @@ def test_stamped_folder_verifies_and_any_change_unverifies_it(tmp_path):
     assert w.verified(folder) and w.verified(folder, deep=False)
     (folder / "model.safetensors").write_bytes(b"weightz")  # same size, other bytes
     assert w.verified(folder, deep=False) and not w.verified(folder)
+    (folder / "model.safetensors").write_bytes(b"weights, cut off")  # another size
+    assert not w.verified(folder, deep=False)
     _fake_folder(folder)
     (folder / "config.json").unlink()  # a half-written folder
     assert not w.verified(folder, deep=False)
