@@ -124,8 +124,9 @@ class TeachersConfig:
 
     @classmethod
     def gpu(cls, geometry_teacher: str, semantic_teacher: str) -> TeachersConfig:
-        """GPU preset: both teachers on every GPU (0.5 GPU per actor, bf16), pools sized from the cluster."""
-        pool = TeacherPoolConfig(num_gpus=0.5, num_cpus=2, batch_size=1)
+        """GPU preset: both teachers on every GPU (0.5 GPU and 1 CPU per actor, bf16), pools sized from the cluster;
+        4 shard readers and 4 clip writers of 1 CPU each (frames are decoded in the readers)."""
+        pool = TeacherPoolConfig(num_gpus=0.5, num_cpus=1, batch_size=1)
         return cls(geometry_teacher, semantic_teacher, geometry=pool, semantic=pool, io_concurrency=4, io_num_cpus=1)
 
     def resolve_pools(self, cluster: dict[str, float]) -> TeachersConfig:

@@ -219,7 +219,7 @@ def test_dtype_defaults_to_bf16_on_gpu_and_pools_are_sized_from_the_gpus():
     assert fixed.resolve_pools({"GPU": 8.0}).geometry.concurrency == 3
     assert TeachersConfig("a", "b").resolve_pools({"CPU": 2.0}).geometry.concurrency == 1
     # The compute dtype is part of the shard contents: auto on GPU hashes like an explicit bf16.
-    bf16 = TeacherPoolConfig(num_gpus=0.5, num_cpus=2, dtype="bfloat16")
+    bf16 = TeacherPoolConfig(num_gpus=0.5, num_cpus=1, dtype="bfloat16")
     assert dataclasses.replace(gpu, geometry=bf16, semantic=bf16).hash() == gpu.hash()
     assert TeachersConfig("a", "b").hash() != dataclasses.replace(gpu, io_concurrency=1, io_num_cpus=0.25).hash()
     with pytest.raises(ValueError, match="semantic_view"):
