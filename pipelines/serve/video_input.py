@@ -17,7 +17,7 @@ from PIL import Image
 
 from pipelines.scenes.errors import CorruptDataError, MissingFileError, SceneDataError
 from pipelines.scenes.video import decode_frames, probe, uniform_indices
-from pipelines.serve.config import LimitsSettings
+from pipelines.serve.config import LimitsConfig
 from pipelines.serve.errors import ApiError
 from pipelines.storage import filesystem
 
@@ -75,7 +75,7 @@ def _fit(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((width, height), Image.BILINEAR))
 
 
-def sample_clip(data: bytes, spec: SamplingSpec, limits: LimitsSettings, field: str = "video") -> SampledClip:
+def sample_clip(data: bytes, spec: SamplingSpec, limits: LimitsConfig, field: str = "video") -> SampledClip:
     """Check limits, decode ``spec.num_frames`` uniformly spaced frames and resize them.
 
     Args:

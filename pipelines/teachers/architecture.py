@@ -17,14 +17,16 @@ import json
 from typing import Any
 
 from pipelines import storage
+from pipelines.config import InputError, UsageError
 from pipelines.teachers.config import GEOMETRY_ARCHITECTURES, SEMANTIC_ARCHITECTURES
 
 #: ``config.json`` key that marks a randomly initialised stand-in teacher (its value says what it stands in for).
 STANDIN_KEY = "vidllm_random_standin"
 
 
-class TeacherArchitectureError(ValueError):
-    """A teacher folder's ``config.json`` describes another architecture than the configured one."""
+class TeacherArchitectureError(UsageError):
+    """A teacher folder's ``config.json`` describes another architecture than the configured one (a usage error:
+    the stage CLIs print it as one line and exit with status 2)."""
 
 
 _HINTS = {
@@ -48,13 +50,13 @@ def check_architecture(uri: str, role: str, expected: str, source: str | None = 
 
     Raises:
         TeacherArchitectureError: its ``model_type`` is not one of ``expected``'s (one line naming both).
-        FileNotFoundError: the folder has no ``config.json``.
+        InputError: the folder has no ``config.json``.
     """
     source = source or uri
     allowed = (GEOMETRY_ARCHITECTURES if role == "geometry" else SEMANTIC_ARCHITECTURES)[expected]
     config_uri = storage.join(uri, "config.json")
     if not storage.exists(config_uri):
-        raise FileNotFoundError(f"{role} teacher {source}: no config.json (not an HF model folder)")
+        raise InputError(f"{role} teacher {source}: no config.json (not an HF model folder)")
     config = json.loads(storage.read_bytes(config_uri))
     model_type = str(config.get("model_type", ""))
     if model_type not in allowed:

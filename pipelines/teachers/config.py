@@ -1,12 +1,19 @@
-"""Typed, validated configuration of the teachers job (CLIP shards -> TRAINING shards)."""
+"""Typed, validated configuration of the teachers job (CLIP shards -> TRAINING shards), loaded by
+:mod:`pipelines.config`.
+
+Every field changes the training shards except those declared :func:`~pipelines.config.scheduling` (actor
+resources and counts, clips per model call: each call sees one clip's frames, the download cache, keeping the
+staging area), so :meth:`TeachersConfig.hash` covers any new field.
+"""
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
+from pipelines import config as pconfig
+from pipelines.config import scheduling
 from pipelines.schema import TOKEN_CODECS, config_hash
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -37,10 +44,10 @@ class TeacherPoolConfig:
             CPU ones (use ``float16`` on GPUs without bf16). Outputs are stored as float16 either way.
     """
 
-    num_gpus: float = 0.0
-    num_cpus: float = 1.0
-    batch_size: int = 1
-    concurrency: int = 0
+    num_gpus: float = scheduling(0.0)
+    num_cpus: float = scheduling(1.0)
+    batch_size: int = scheduling(1)
+    concurrency: int = scheduling(0)
     dtype: str = "auto"
 
     def __post_init__(self) -> None:
@@ -71,7 +78,7 @@ class TeachersConfig:
             Stage 1 beyond run-to-run noise in ``bench/bench_codec.py``) or ``fp16``; see :mod:`pipelines.schema`.
         target_shard_bytes: a training shard is closed before it would exceed this (a scene is never split).
         cache_dir: local directory where teacher folders on object storage are downloaded (per node); empty =
-            ``vidllm-teacher-cache`` in the node's temporary directory.
+            the artifact cache of :mod:`pipelines.artifacts` in the node's temporary directory.
         io_num_cpus: CPUs of each shard-reading and each clip-writing actor.
         io_concurrency: shard-reading actors, and as many clip-writing actors. They are long-lived, like the
             teacher actors: Ray retires idle task workers on a node whose CPUs the teachers hold, and a short
@@ -93,17 +100,19 @@ class TeachersConfig:
     semantic: TeacherPoolConfig = TeacherPoolConfig()
     token_codec: str = "int8"
     target_shard_bytes: int = 1024**3
-    cache_dir: str = ""
-    io_num_cpus: float = 0.25
-    io_concurrency: int = 1
-    keep_staging: bool = False
+    cache_dir: str = scheduling("")
+    io_num_cpus: float = scheduling(0.25)
+    io_concurrency: int = scheduling(1)
+    keep_staging: bool = scheduling(False)
     geometry_architecture: str = "Dinov2WithRegistersModel"
     semantic_architecture: str = "CLIPVisionModel"
     semantic_view: str = "pad"
 
     def __post_init__(self) -> None:
-        if not self.geometry_teacher or not self.semantic_teacher:
-            raise ValueError("geometry_teacher and semantic_teacher (paths or URIs) are required")
+        missing = [name for name in ("geometry_teacher", "semantic_teacher") if not getattr(self, name)]
+        if missing:
+            raise ValueError(f"{' and '.join(missing)} (local path or URI of an HF folder) required: "
+                             + ", ".join(f"--{m.replace('_', '-')} URI" for m in missing))
         if self.token_codec not in TOKEN_CODECS:
             raise ValueError(f"token_codec must be one of {TOKEN_CODECS}, got {self.token_codec!r}")
         if self.target_shard_bytes < 1 or self.io_num_cpus <= 0 or self.io_concurrency < 1:
@@ -116,18 +125,13 @@ class TeachersConfig:
 
     @classmethod
     def tiny(cls, geometry_teacher: str, semantic_teacher: str) -> TeachersConfig:
-        """Test preset: CPU actors (all four pools fit a 2-CPU Ray), 2 clips per batch, 128 KB shards, fp16 tokens
-        (near-exact, so tests compare them with the teacher's own output tightly)."""
-        pool = TeacherPoolConfig(batch_size=2, num_cpus=0.5, concurrency=1)
-        return cls(geometry_teacher, semantic_teacher, geometry=pool, semantic=pool, token_codec="fp16",
-                   target_shard_bytes=128 * 1024)
+        """Test preset (:func:`tiny`) with the two teacher folders."""
+        return SPEC.from_dict({**tiny(), "geometry_teacher": geometry_teacher, "semantic_teacher": semantic_teacher})
 
     @classmethod
     def gpu(cls, geometry_teacher: str, semantic_teacher: str) -> TeachersConfig:
-        """GPU preset: both teachers on every GPU (0.5 GPU and 1 CPU per actor, bf16), pools sized from the cluster;
-        4 shard readers and 4 clip writers of 1 CPU each (frames are decoded in the readers)."""
-        pool = TeacherPoolConfig(num_gpus=0.5, num_cpus=1, batch_size=1)
-        return cls(geometry_teacher, semantic_teacher, geometry=pool, semantic=pool, io_concurrency=4, io_num_cpus=1)
+        """GPU preset (:func:`gpu`) with the two teacher folders."""
+        return SPEC.from_dict({**gpu(), "geometry_teacher": geometry_teacher, "semantic_teacher": semantic_teacher})
 
     def resolve_pools(self, cluster: dict[str, float]) -> TeachersConfig:
         """This config with every automatic (0) pool concurrency filled in for ``cluster`` (Ray's resources).
@@ -154,34 +158,34 @@ class TeachersConfig:
                 "GPU": sum(max(p.concurrency, 1) * p.num_gpus for p in teachers)}
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return pconfig.to_dict(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TeachersConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"unknown teachers config keys {unknown}; known: {sorted(known)}")
-        raw = dict(raw)
-        for pool in ("geometry", "semantic"):
-            if isinstance(raw.get(pool), dict):
-                raw[pool] = TeacherPoolConfig(**raw[pool])
-        return cls(**raw)
-
-    @classmethod
-    def from_json_file(cls, path: str, **overrides: Any) -> TeachersConfig:
-        with open(path) as f:
-            raw = json.load(f)
-        raw.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(raw)
+        return SPEC.from_dict(raw)
 
     def hash(self) -> str:
-        """Hash of what changes shard contents (models, dtypes, codec, shard size), not of scheduling knobs."""
-        d = self.to_dict()
-        content = {
-            "geometry_teacher": d["geometry_teacher"], "semantic_teacher": d["semantic_teacher"],
-            "geometry_dtype": self.geometry.compute_dtype, "semantic_dtype": self.semantic.compute_dtype,
-            "token_codec": d["token_codec"], "target_shard_bytes": d["target_shard_bytes"],
-            "geometry_architecture": d["geometry_architecture"], "semantic_view": d["semantic_view"],
-        }
-        return config_hash(content)
+        """Resume hash: every field except the scheduling ones (:func:`pipelines.config.content_hash`), plus the
+        dtype each model runs in (``auto`` resolves from ``num_gpus``, a scheduling field, and changes the outputs)."""
+        fields = pconfig.hashed_fields(self)
+        for pool in ("geometry", "semantic"):
+            fields[pool]["dtype"] = getattr(self, pool).compute_dtype
+        return config_hash(fields)
+
+
+def tiny() -> dict[str, Any]:
+    """The ``tiny`` preset: CPU actors (all four pools fit a 2-CPU Ray), 2 clips per batch, 128 KB shards, fp16
+    tokens (near-exact, so tests compare them with the teacher's own output tightly)."""
+    pool = {"batch_size": 2, "num_cpus": 0.5, "concurrency": 1}
+    return {"geometry": pool, "semantic": pool, "target_shard_bytes": 128 * 1024, "token_codec": "fp16"}
+
+
+def gpu() -> dict[str, Any]:
+    """The ``gpu`` preset: both teachers on every GPU (0.5 GPU and 1 CPU per actor, bf16), pool sizes from the
+    cluster (:meth:`TeachersConfig.resolve_pools`); 4 shard readers and 4 clip writers of 1 CPU each (frames are
+    decoded in the readers)."""
+    pool = {"num_gpus": 0.5, "num_cpus": 1, "batch_size": 1}
+    return {"geometry": pool, "semantic": pool, "io_concurrency": 4, "io_num_cpus": 1}
+
+
+SPEC = pconfig.ConfigSpec(TeachersConfig, "teachers", {"default": dict, "tiny": tiny, "gpu": gpu})

@@ -182,18 +182,25 @@ def _io_pool_kwargs(config: TeachersConfig) -> dict[str, Any]:
 def check_teachers(config: TeachersConfig) -> dict[str, str]:
     """Check both teacher folders' architectures from their ``config.json`` (nothing else is fetched).
 
+    Folders given as MLflow registry or run URIs are checked by each teacher actor on its downloaded copy instead.
+
     Returns:
-        ``{"geometry": label, "semantic": label}``: the random stand-in labels (``""`` for real weights).
+        ``{"geometry": label, "semantic": label}``: the random stand-in labels (``""`` for real weights or when
+        the folder is checked later).
 
     Raises:
         TeacherArchitectureError: a folder is not the configured architecture (one line naming both).
-        FileNotFoundError: a folder or its ``config.json`` is missing.
+        InputError: a folder has no ``config.json``.
     """
+    from pipelines.artifacts import normalise
     from pipelines.teachers.architecture import check_architecture, standin_label
 
     labels = {}
     for role, uri, arch in (("geometry", config.geometry_teacher, config.geometry_architecture),
                             ("semantic", config.semantic_teacher, config.semantic_architecture)):
+        if normalise(uri).startswith(("models:/", "runs:/")):
+            labels[role] = ""
+            continue
         labels[role] = standin_label(check_architecture(uri, role, arch))
         if labels[role]:
             log.warning("the %s teacher %s is a RANDOM stand-in (%s); its targets are labelled as such",

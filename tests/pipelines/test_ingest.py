@@ -130,7 +130,7 @@ def test_config_validation_and_hash():
     assert dataclasses.replace(tiny, scenes_per_task=1).hash() == tiny.hash()
     with pytest.raises(ValueError, match="scenes_per_task"):
         IngestConfig(scenes_per_task=0)
-    assert dataclasses.replace(tiny, short_side=70).hash() != tiny.hash()
+    assert dataclasses.replace(tiny, resize_to=70).hash() != tiny.hash()
 
 
 def test_scenes_per_task_keeps_every_cpu_busy():
@@ -291,4 +291,4 @@ def test_killed_run_resumes_to_byte_identical_shards(reference_run, scene_set, r
                progress=False)
     assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == stamp
     with pytest.raises(mf.ManifestError, match="config"):
-        run_ingest(scene_set["uris"], str(out), dataclasses.replace(IngestConfig.tiny(), short_side=70))
+        run_ingest(scene_set["uris"], str(out), dataclasses.replace(IngestConfig.tiny(), resize_to=70))

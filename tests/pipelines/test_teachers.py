@@ -10,10 +10,11 @@ import pytest
 
 from pipelines import manifest as mf
 from pipelines import storage
+from pipelines.artifacts import local_dir
 from pipelines.ingest.config import IngestConfig
 from pipelines.schema import decode_clip_sample, decode_training_sample
 from pipelines.teachers.config import TeacherPoolConfig, TeachersConfig
-from pipelines.teachers.geometry import GeometryTeacher, resolve_pretrained
+from pipelines.teachers.geometry import GeometryTeacher
 from pipelines.teachers.semantic import SemanticTeacher
 
 
@@ -37,7 +38,7 @@ def test_teachers_load_by_path_and_give_documented_shapes(tiny_teachers, tmp_pat
     with pytest.raises(ValueError, match="multiple of the teacher patch size"):
         geo(frames[:, :50])
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        resolve_pretrained(str(tmp_path / "nope"), str(tmp_path))
+        local_dir(str(tmp_path / "nope"), str(tmp_path))
 
 
 def test_config_validation(tiny_teachers):
@@ -278,7 +279,9 @@ def test_the_teachers_cli_refuses_a_mismatched_folder_in_one_line_before_any_ray
 
     from tests.conftest import REPO_ROOT
 
-    cmd = [sys.executable, "-m", "pipelines.cli", "teachers", "--clips", str(tmp_path / "no-clips"), "--out",
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "manifest.json").write_text("{}")  # only its existence is checked before the teachers
+    cmd = [sys.executable, "-m", "pipelines.cli", "teachers", "--clips", str(tmp_path / "clips"), "--out",
            str(tmp_path / "out"), "--geometry-teacher", other_folders["dinov2"], "--semantic-teacher",
            tiny_teachers["sem"]]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
