@@ -126,7 +126,6 @@ def _vggt_checkpoint(model) -> dict:
 
 
 def test_convert_vggt_from_s3_gives_a_verified_geometry_teacher_folder(s3_bucket, tmp_path):
-    pytest.importorskip("model.vggt_weights", reason="the model branch's VGGT converter is not merged yet")
     import numpy as np
     import torch
     from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
