@@ -38,6 +38,9 @@ class IngestConfig:
         depth_codec: ``zlib`` (default, lossless, ~7x smaller) or ``npy``.
         target_shard_bytes: a shard is closed before it would exceed this (a scene is never split).
         layout: scene layout passed to the reader (``auto`` detects it per scene).
+        write_sens_index: write a sidecar index (frame offsets + poses) next to each ``.sens`` the first time it is
+            read, so later ingests of the scene fetch one range per sampled frame instead of the whole file
+            (needs write access to the dataset; without it the scene is still read, with a warning).
         num_cpus_per_task: CPUs Ray reserves per scene task (decode + resize run inside the task).
         concurrency: maximum concurrent scene tasks (None = as many as CPUs allow).
         scenes_per_task: at most this many scenes are staged one after the other by one Ray task (fewer when the
@@ -59,6 +62,7 @@ class IngestConfig:
     depth_codec: str = "zlib"
     target_shard_bytes: int = 512 * 1024**2
     layout: str = "auto"
+    write_sens_index: bool = scheduling(False)
     num_cpus_per_task: float = scheduling(1.0)
     concurrency: int | None = scheduling(None)
     scenes_per_task: int = scheduling(8)

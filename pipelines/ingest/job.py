@@ -184,7 +184,7 @@ def build_scene_clips(scene: SceneInput, config: IngestConfig, config_hash: str)
     from pipelines.scenes.types import SceneMetadata
 
     metadata = read_scene_metadata(scene.metadata_uri) if scene.metadata_uri else SceneMetadata(scene.scene_id)
-    with open_scene(scene.uri, layout=config.layout) as reader:
+    with open_scene(scene.uri, layout=config.layout, write_sens_index=config.write_sens_index) as reader:
         clips_idx = select_clip_frames(
             reader.valid, config.frames_per_clip, config.clips_per_scene, config.stride,
             config.min_valid_frames, scene.uri,

@@ -67,12 +67,14 @@ def detect_layout(uri: str) -> str:
     )
 
 
-def open_scene(uri: str, layout: str = "auto") -> SceneReader:
+def open_scene(uri: str, layout: str = "auto", write_sens_index: bool = False) -> SceneReader:
     """Open the scene at ``uri`` (local path or URI) and return its reader.
 
     Args:
         uri: a scene folder, or a ``.sens`` file.
         layout: one of ``"sens"``, ``"export"``, ``"posed_images"``, ``"video"``, or ``"auto"`` to detect it.
+        write_sens_index: a ``.sens`` reader that had to scan the file writes its sidecar index (see
+            :class:`~pipelines.scenes.sens.SensReader`).
 
     Raises:
         ValueError: an unknown ``layout`` name.
@@ -85,7 +87,7 @@ def open_scene(uri: str, layout: str = "auto") -> SceneReader:
         sens = _find_sens(uri)
         if sens is None:
             raise MissingFileError(uri, "no .sens file at this path")
-        return SensReader(sens)
+        return SensReader(sens, write_index=write_sens_index)
     if layout == "export":
         return ExportReader(uri)
     if layout == "posed_images":
