@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from pipelines.scenes.decode_budget import DecodeBudget
 from pipelines.schema import DEPTH_CODECS, FRAME_CODECS, config_hash
 
 LAYOUTS = ("auto", "sens", "export", "posed_images", "video")
@@ -38,6 +39,9 @@ class IngestConfig:
             milliseconds, and a task per scene left the cores waiting on Ray Data's scheduling (192 scenes on 2
             CPUs: 13.6 s per task-per-scene vs 9.3 s with 8 per task); a scene's failure stays its own either way.
         keep_staging: keep ``<out>/_staging`` after the manifest is written (debugging).
+        decode: the decode budget of every scene video (frame size, frames, decoded bytes, wall time, allowed
+            containers); a video over it is quarantined with ``DecodeBudgetError``. Its wall-time limit is off by
+            default: a limit met or missed depending on the cluster's load would make the shards depend on it.
     """
 
     frames_per_clip: int = 32
@@ -56,8 +60,10 @@ class IngestConfig:
     concurrency: int | None = None
     scenes_per_task: int = 8
     keep_staging: bool = False
+    decode: DecodeBudget = field(default_factory=DecodeBudget)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "decode", DecodeBudget.from_value(self.decode))
         if self.frames_per_clip < 1 or self.clips_per_scene < 1 or self.stride < 0:
             raise ValueError("frames_per_clip and clips_per_scene must be >= 1 and stride >= 0")
         if self.min_valid_frames < self.frames_per_clip:

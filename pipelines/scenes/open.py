@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import posixpath
 
+from pipelines.scenes.decode_budget import DecodeBudget
 from pipelines.scenes.errors import MissingFileError, SceneDataError
 from pipelines.scenes.export_layout import ExportReader
 from pipelines.scenes.posed_images import PosedImagesReader
@@ -67,12 +68,13 @@ def detect_layout(uri: str) -> str:
     )
 
 
-def open_scene(uri: str, layout: str = "auto") -> SceneReader:
+def open_scene(uri: str, layout: str = "auto", decode_budget: DecodeBudget | None = None) -> SceneReader:
     """Open the scene at ``uri`` (local path or URI) and return its reader.
 
     Args:
         uri: a scene folder, or a ``.sens`` file.
         layout: one of ``"sens"``, ``"export"``, ``"posed_images"``, ``"video"``, or ``"auto"`` to detect it.
+        decode_budget: the budget of video decoding (the ``video`` layout); ``None`` = the default budget.
 
     Raises:
         ValueError: an unknown ``layout`` name.
@@ -91,7 +93,7 @@ def open_scene(uri: str, layout: str = "auto") -> SceneReader:
     if layout == "posed_images":
         return PosedImagesReader(uri)
     if layout == "video":
-        return VideoSceneReader(uri)
+        return VideoSceneReader(uri, budget=DecodeBudget.from_value(decode_budget))
     raise ValueError(f"unknown layout {layout!r}; expected 'auto' or one of {LAYOUTS}")
 
 

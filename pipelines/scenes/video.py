@@ -31,6 +31,7 @@ fsspec with read-ahead, which suits the mostly sequential access of decoding.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
@@ -208,10 +209,12 @@ def open_video(source: Source, threads: int = 0, thread_type: str = "AUTO", budg
 
     Raises:
         MissingFileError: a path/URI that does not exist.
-        UnsupportedContainerError: bytes that are not a container of an allowed format.
+        UnsupportedContainerError: a container FFmpeg recognises but the allow-list refuses (playlists, images,
+            other formats).
         DecodeBudgetError: frames larger, or more of them, than the budget allows.
         TruncatedFileError: the container's index places frames beyond the end of the data.
-        CorruptDataError: a container without a video stream, or one the demuxer cannot read.
+        CorruptDataError: bytes no demuxer recognises, a container without a video stream, or one the demuxer
+            cannot read.
     """
     name = source_name(source)
     with _binary(source, name) as (handle, size):
@@ -225,9 +228,12 @@ def open_video(source: Source, threads: int = 0, thread_type: str = "AUTO", budg
                 options={"max_pixels": str(budget.max_frame_pixels)},
             )
         except av.error.FFmpegError as exc:
-            raise UnsupportedContainerError(
-                name, f"not a readable video in an allowed container format ({', '.join(budget.formats)}; "
-                      f"FFmpeg: {exc.strerror})") from exc
+            allowed = ", ".join(budget.formats)
+            if exc.errno == errno.EINVAL:  # what the demuxer allow-list answers for a recognised other format
+                raise UnsupportedContainerError(
+                    name, f"not a readable video in an allowed container format ({allowed})") from exc
+            raise CorruptDataError(
+                name, f"not a readable video container ({allowed} allowed; FFmpeg: {exc.strerror})") from exc
         try:
             stream = container.streams.best("video")
             if stream is None:
