@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import av
@@ -118,10 +117,8 @@ def test_the_allow_list_is_configurable():
 @pytest.mark.parametrize("reader", sorted(READERS))
 def test_8k_decode_bomb_is_refused_before_decoding(bomb, reader):
     assert len(bomb) < 200_000
-    started = time.perf_counter()
     with pytest.raises(DecodeBudgetError, match=r"frames are 7680x4320 \(33.2 MP\); the decode budget allows 8.3 MP"):
         READERS[reader](bomb)
-    assert time.perf_counter() - started < 1.0
 
 
 def test_8k_decode_bomb_refusal_costs_no_memory(bomb, tmp_path):

@@ -199,8 +199,9 @@ def test_sample_clip_and_limits(clips):
     assert scene_id_for(clips["ok"], spec) == scene_id_for(bytes(clips["ok"]), spec)
     for data, status, error in (
         (b"", 400, "empty_video"),
-        (b"GIF89a not a video", 422, "invalid_video"),
-        (clips["ok"][: len(clips["ok"]) // 2], 422, "invalid_video"),
+        (b"GIF89a not a video", 422, "unsupported_container"),
+        (b"not a video, not even a GIF", 422, "invalid_video"),
+        (clips["ok"][: len(clips["ok"]) // 2], 422, "truncated_video"),
         (clips["long"], 422, "video_too_long"),
         (clips["many"], 422, "video_too_long"),
         (b"\0" * 300_001, 413, "video_too_large"),
