@@ -286,8 +286,18 @@ class _Meter:
 
 
 def _full_index(stream) -> bool:
-    """Whether the container lists every frame of the stream (an MP4 sample table; Matroska cues list keyframes)."""
-    return bool(stream.frames) and len(stream.index_entries) == stream.frames
+    """Whether the container lists every packet of the stream: a container that counts its frames (MP4) indexes
+    them all, after edit-list processing (Matroska counts none, and its cues list keyframes only)."""
+    return bool(stream.frames) and len(stream.index_entries) > 0
+
+
+def _declared_packets(stream) -> int:
+    """Packets a whole demux pass must deliver: the sample table's entries where there is one (an edit list may
+    drop leading packets the presented frames do not need, so this can be below the stream's frame count), else
+    the declared frame count; 0 when the container declares none."""
+    if not stream.frames:
+        return 0
+    return len(stream.index_entries) or int(stream.frames)
 
 
 def _presented_in_index(stream) -> int:
@@ -309,19 +319,18 @@ def _declared_duration_s(stream) -> float | None:
     return None
 
 
-def _check_complete(name: str, stream, packets: int, presented_pts: Sequence[int]) -> None:
-    """Raise :class:`TruncatedFileError` when a whole demux pass saw fewer frames than the container declares.
+def _check_complete(name: str, stream, declared: int, packets: int, presented_pts: Sequence[int]) -> None:
+    """Raise :class:`TruncatedFileError` when a whole demux pass saw fewer packets than the container declares.
 
-    A container that counts its frames (an MP4 sample table, which also lists the packets an edit list hides) must
-    deliver that many packets. One that does not (Matroska/WebM) is held to its declared stream duration: the
-    presented frames must span it to within 1.5 frame periods.
+    A container that indexes its frames (an MP4 sample table, which also lists the packets an edit list hides)
+    must deliver ``declared`` packets (:func:`_declared_packets`, taken before demuxing). One that does not
+    (Matroska/WebM) is held to its declared stream duration: the presented frames must span it to within 1.5
+    frame periods.
     """
-    declared_frames = int(stream.frames or 0)
-    if declared_frames:
-        if packets < declared_frames:
+    if declared:
+        if packets < declared:
             raise TruncatedFileError(
-                name, f"the container declares {declared_frames} frames but only {packets} are present "
-                      "(truncated file)")
+                name, f"the container declares {declared} frames but only {packets} are present (truncated file)")
         return
     declared_s = _declared_duration_s(stream)
     if declared_s is None or not len(presented_pts):
@@ -348,6 +357,7 @@ def _scan(container, stream, name: str, budget: DecodeBudget) -> _PacketIndex:
     """Demux ``stream`` without decoding: the presented frames' pts and the keyframes, with truncation checks."""
     pts, keys = [], []
     packets = hidden = 0
+    declared = _declared_packets(stream)
     meter = _Meter(name, budget)
     try:
         for packet in container.demux(stream):
@@ -367,7 +377,7 @@ def _scan(container, stream, name: str, budget: DecodeBudget) -> _PacketIndex:
         raise CorruptDataError(name, f"demuxing failed after {packets} packets ({exc})") from exc
     if not pts:
         raise CorruptDataError(name, "the video stream holds no presented frames")
-    _check_complete(name, stream, packets, pts)
+    _check_complete(name, stream, declared, packets, pts)
     if not keys:
         raise CorruptDataError(name, "the video stream holds no keyframe")
     return _PacketIndex(np.sort(np.asarray(pts, dtype=np.int64)), np.sort(np.asarray(keys, dtype=np.int64)),
@@ -479,6 +489,7 @@ def iter_frames(
         tb = float(stream.time_base)
         cc = stream.codec_context
         meter = _Meter(name, budget)
+        declared = _declared_packets(stream)
         first_pts = None
         packets = 0
         presented: list[int] = []
@@ -499,7 +510,7 @@ def iter_frames(
                                        _checked_rgb(name, frame, index, expect_size))
         except av.error.FFmpegError as exc:
             raise CorruptDataError(name, f"decoding failed after {meter.frames} frames ({exc})") from exc
-        _check_complete(name, stream, packets, presented)
+        _check_complete(name, stream, declared, packets, presented)
         if meter.frames < len(presented):
             raise CorruptDataError(
                 name, f"{len(presented)} frames are present but only {meter.frames} decode")

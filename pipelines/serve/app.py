@@ -133,7 +133,7 @@ def _validation_to_api(exc: ValidationError) -> ApiError:
     first = exc.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or None
     code = "missing_field" if first["type"] == "missing" else "invalid_field"
-    return ApiError(422, code, f"{field}: {first['msg']}", field)
+    return ApiError(422, code, f"{field or 'body'}: {first['msg']}", field)
 
 
 def _media_type(request: Request) -> str:

@@ -275,6 +275,16 @@ def test_edit_list_hiding_leading_frames(bframes):
         decode_frames(data, [25])
 
 
+def test_edit_list_starting_on_a_keyframe():
+    """The edit starts on a keyframe: FFmpeg drops the 10 earlier packets from its index (the stream still says
+    12 frames); the 2 presented frames are a complete, valid video, not a truncated one."""
+    data = vf.edit_list_mp4(vf.mp4(12, gop=10), hide_leading=10)
+    with av.open(io.BytesIO(data)) as container:
+        assert container.streams.video[0].frames == 12
+    assert probe(data).num_frames == probe(data, count_frames=True).num_frames == 2
+    assert len(list(iter_frames(data))) == 2 and len(sample_uniform(data, 4)) == 4
+
+
 def test_edit_list_hiding_leading_and_trailing_frames():
     base = vf.mp4(30, bframes=2, gop=12)
     data = vf.edit_list_mp4(base, hide_leading=4, keep=20)

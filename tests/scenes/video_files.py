@@ -26,8 +26,9 @@ def frame_pattern(i: int, height: int, width: int) -> np.ndarray:
 
 
 def mp4(num_frames: int, width: int = 64, height: int = 48, fps: int = 30, gop: int = 10,
-        bframes: int = 0, faststart: bool = False, tmp_path=None) -> bytes:
-    """An H.264 MP4 of ``num_frames`` distinct frames; ``faststart`` (index first) needs a ``tmp_path``."""
+        bframes: int = 0, faststart: bool = False, tmp_path=None, seed_offset: int = 0) -> bytes:
+    """An H.264 MP4 of ``num_frames`` distinct frames (``seed_offset`` shifts the pattern, for other content);
+    ``faststart`` (index first) needs a ``tmp_path``."""
     if faststart:
         path = tmp_path / f"faststart-{num_frames}-{width}x{height}.mp4"
         out = str(path)
@@ -40,7 +41,7 @@ def mp4(num_frames: int, width: int = 64, height: int = 48, fps: int = 30, gop: 
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = gop
         for i in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(frame_pattern(i, height, width), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(frame_pattern(i + seed_offset, height, width), format="rgb24")
             frame.pts = i
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -176,6 +177,7 @@ def size_switch_mp4() -> bytes:
         ost = dst.add_stream_from_template(ist)
         for i, packet in enumerate(p for p in src.demux(ist) if p.size):
             packet.pts = packet.dts = i
+            packet.duration = 1
             packet.time_base = tick
             packet.stream = ost
             dst.mux(packet)
