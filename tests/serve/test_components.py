@@ -476,3 +476,14 @@ def test_sample_clip_hostile_videos():
     small = LimitsSettings(decode={"max_frame_pixels": 64 * 48 - 1})
     with pytest.raises(ApiError, match="decode budget allows"):
         sample_clip(vf.mp4(8), spec, small)
+
+
+def test_model_replica_keeps_a_bounded_window_of_batch_sizes(tiny_checkpoint):
+    from pipelines.serve.model_deployment import _BATCH_SIZE_WINDOW, VidLLMModel
+
+    replica = VidLLMModel.func_or_class(ServeConfig.tiny(str(tiny_checkpoint)).to_dict())
+    for size in range(3 * _BATCH_SIZE_WINDOW):
+        replica.batch_sizes.append(size % 8 + 1)
+    sizes = replica.stats()["batch_sizes"]
+    assert len(replica.batch_sizes) == len(sizes) == _BATCH_SIZE_WINDOW
+    assert "<scene>" in replica.input_spec()["reserved_text"] and "<loc>" in replica.input_spec()["reserved_text"]

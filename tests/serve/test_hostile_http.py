@@ -449,7 +449,8 @@ def test_client_disconnect_mid_upload_is_not_an_error(app, ray_session):
         time.sleep(0.5)
         text = "".join(p.read_text(errors="replace") for p in logs.glob(f"replica_{APP}_VidLLMIngress_*.log"))
     assert "register_upload: the client disconnected" in text, f"no disconnect line in the logs of pid {pid}"
-    assert "Traceback" not in text and "unhandled error" not in text and " ERROR " not in text
+    errors = [line for line in text.splitlines() if line.startswith("ERROR") or " ERROR " in line]
+    assert "Traceback" not in text and "ClientDisconnect" not in text and not errors, errors[:3]
     assert requests.get(f"{app['url']}/healthz", timeout=10).json() == {"status": "ok"}
 
 
