@@ -2,7 +2,7 @@
 
     vidllm demo                      # the whole system on this machine (local Ray, local storage, synthetic scenes)
     vidllm synthetic --help          # write synthetic ScanNet-format scenes
-    vidllm ingest|teachers|train|eval|serve --help
+    vidllm ingest|teachers|train|eval|serve|ask --help
     vidllm submit train --address http://HEAD:8265 -- --stage 1 --config stage1.json
 
 Each stage subcommand forwards its arguments to ``python -m pipelines.<stage>``, so the two spellings are the same
@@ -26,6 +26,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "train": ("pipelines.train", "train Stage 1 or Stage 2 (Ray Train + DeepSpeed, tracked in MLflow)"),
     "eval": ("pipelines.eval", "evaluate a model on the benchmarks (Ray Data), report to MLflow"),
     "serve": ("pipelines.serve", "serve a model over HTTP (Ray Serve)"),
+    "ask": ("pipelines.ask", "ask one video a question, ground or caption, with the model in-process (no Ray)"),
 }
 
 
@@ -51,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Submit `python -m pipelines.<job> ARGS` to a Ray cluster through the Ray Jobs SDK. "
         "Arguments after `--` go to the job: vidllm submit JOB --address URL [options] -- JOB_ARGS",
     )
-    submit.add_argument("job", choices=[s for s in STAGES if s != "demo"], help="the stage to run")
+    # demo and ask run here by design (local Ray / the model in-process), so they are not cluster jobs.
+    submit.add_argument("job", choices=[s for s in STAGES if s not in ("demo", "ask")], help="the stage to run")
     submit.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://head-node:8265")
     submit.add_argument(
         "--working-dir",

@@ -1,4 +1,5 @@
-"""CLI: ``python -m pipelines.eval --model URI --data URI --tasks ...`` (also under ``ray job submit --``)."""
+"""CLI: ``python -m pipelines.eval --model URI --data URI --tasks ...`` (also under ``ray job submit --``), or
+``--predictions FILE`` instead of ``--model`` to score an existing prediction file without a model."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import logging
 import sys
 
 from pipelines.eval.config import EvalJobConfig
+from pipelines.eval.external import PREDICTION_FORMATS
 from pipelines.eval.predictions import TASKS
+from pipelines.eval.proposals import PROPOSAL_FORMATS
 
 EPILOG = """\
 examples:
@@ -17,6 +20,15 @@ examples:
   python -m pipelines.eval --model models:/vidllm/3 --data s3://bucket/clips/val \\
       --annotations s3://bucket/annotations --split val --mlflow-uri http://mlflow:5000 --num-gpus 1
   ray job submit --address http://HEAD:8265 -- python -m pipelines.eval --model models:/vidllm/3 ...
+  python -m pipelines.eval --model models:/vidllm/3 --data s3://bucket/clips/val --tasks scanrefer,scan2cap \
+      --proposals s3://bucket/scannet_val_pred_box.json --proposals-format video3dllm
+  python -m pipelines.eval --predictions outputs/eval/run1/predictions/predictions.jsonl --data s3://bucket/clips/val
+  python -m pipelines.eval --predictions pred.json --predictions-format scanrefer --data s3://bucket/clips/val
+
+Protocols: grounding boxes are scored as predicted (free_form) and, with --proposals, snapped to the instance
+proposals (proposals); Scan2Cap captions the ground-truth boxes (gt_boxes) and, with --proposals, every proposal
+(proposals, the paper's protocol). Every number in results.json, metrics.json, summary.md and MLflow names its
+protocol (docs/evaluation.md).
 
 Boxes: the model grounds in its first-camera metric frame; predictions are mapped to ScanNet's axis-aligned frame
 with the clip's ground-truth first pose and axisAlignment (evaluation only, see pipelines/eval/job.py).
@@ -38,9 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True,
+    p.add_argument("--model",
                    help="exported checkpoint in HF layout: local dir, file:// or s3:// URI (downloaded to a cache), "
                         "or models:/<name>/<version> | models:/<name>@<alias> from the MLflow registry")
+    p.add_argument("--predictions",
+                   help="instead of --model: score this prediction file (no model, no Ray) against the ground truth "
+                        "of --data")
+    p.add_argument("--predictions-format", choices=PREDICTION_FORMATS, default="vidllm",
+                   help="format of --predictions (default: vidllm, the predictions.jsonl an evaluation writes)")
+    p.add_argument("--proposals",
+                   help="instance proposals (file or folder URI): adds the 'proposals' protocol to grounding and "
+                        "captioning")
+    p.add_argument("--proposals-format", choices=PROPOSAL_FORMATS,
+                   help="format of --proposals (default: the config's, vidllm)")
+    p.add_argument("--proposals-scans-root",
+                   help="ScanNet root with scans/<scene_id>/ meshes (mask proposal formats)")
     p.add_argument("--data", required=True,
                    help="evaluation shards: a manifest.json URI or the directory of an ingest/teachers job")
     p.add_argument("--tasks",
@@ -59,7 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="clips per batch handed to a model actor")
     p.add_argument("--concurrency", type=int, help="number of model actors")
     p.add_argument("--num-gpus", type=float, help="GPUs per model actor (0 = CPU)")
-    p.add_argument("--max-queries", type=int, help="cap on questions/queries/objects per task and scene")
+    p.add_argument("--max-queries", type=int,
+                   help="cap on questions/queries/objects per task and scene (taken round robin over question "
+                        "families, target objects and eval types)")
+    p.add_argument("--all-queries", action="store_true",
+                   help="score every question/query/object of each scene (drops a config's or --tiny's cap)")
     p.add_argument("--clip-index", type=int, help="which clip of each scene to evaluate (default: the first)")
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR (needs Java); its keys are then absent")
     p.add_argument("--no-plots", action="store_true", help="do not draw plots")
@@ -81,27 +109,50 @@ def resolve_config(args: argparse.Namespace) -> EvalJobConfig:
         "plots": False if args.no_plots else None,
         "protocol": dataclasses.replace(base.protocol, meteor=False) if args.no_meteor else None,
     }
-    return base.replace(**{k: v for k, v in changes.items() if v is not None})
+    config = base.replace(**{k: v for k, v in changes.items() if v is not None})
+    if args.all_queries:
+        config = config.replace(max_queries_per_task=None)
+    if args.proposals:
+        proto = config.protocol
+        config = config.replace(
+            proposals=args.proposals, proposals_format=args.proposals_format or config.proposals_format,
+            proposals_scans_root=args.proposals_scans_root or config.proposals_scans_root,
+            protocol=dataclasses.replace(
+                proto, grounding_protocols=tuple(dict.fromkeys((*proto.grounding_protocols, "proposals"))),
+                captioning_protocols=tuple(dict.fromkeys((*proto.captioning_protocols, "proposals")))))
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
     from pipelines.eval.job import DataSourceError
     from pipelines.eval.model_source import ModelSourceError
-    from pipelines.eval.run import format_summary, run_evaluation
+    from pipelines.eval.predictions import PredictionFormatError
+    from pipelines.eval.proposals import ProposalFormatError
+    from pipelines.eval.run import format_summary, run_evaluation, score_predictions
     from pipelines.tracking import bound_http_retries
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if (args.model is None) == (args.predictions is None):
+        parser.error("give exactly one of --model (run a model) and --predictions (score a prediction file)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = resolve_config(args)
     except ValueError as err:
         parser.error(str(err))
     bound_http_retries()
+    # Scoring a file, a ValueError is the file disagreeing with the ground truth (a key the split lacks, a
+    # repeated prediction): the user's input, one line. In a model run it would be a bug and keeps its traceback.
+    bad_input: tuple[type[Exception], ...] = (ModelSourceError, DataSourceError, ProposalFormatError)
     try:
-        result = run_evaluation(args.model, args.data, args.out, config, annotations_uri=args.annotations,
-                                tracking_uri=args.mlflow_uri, ray_address=args.ray_address)
-    except (ModelSourceError, DataSourceError) as err:
+        if args.predictions is not None:
+            bad_input = (*bad_input, PredictionFormatError, FileNotFoundError, ValueError)
+            result = score_predictions(args.predictions, args.data, args.out, config, args.predictions_format,
+                                       annotations_uri=args.annotations, tracking_uri=args.mlflow_uri)
+        else:
+            result = run_evaluation(args.model, args.data, args.out, config, annotations_uri=args.annotations,
+                                    tracking_uri=args.mlflow_uri, ray_address=args.ray_address)
+    except bad_input as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_summary(result))

@@ -15,6 +15,9 @@ from typing import Any
 
 from pipelines.eval.harness import EvalConfig
 from pipelines.eval.predictions import TASKS
+from pipelines.eval.proposals import MASK_FORMATS, PROPOSAL_FORMATS
+
+QUERY_SELECTIONS: tuple[str, ...] = ("stratified", "first")
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,9 @@ class EvalJobConfig:
         clip_index: which clip of each scene is evaluated (one clip per scene: the benchmarks key answers by
             question and boxes by scene). None takes the scene's lowest clip index.
         max_queries_per_task: cap on the questions / queries / objects per task and scene (smoke runs); None = all.
+        query_selection: which entries a cap keeps: ``stratified`` (round robin over the groups of the scene, in
+            file order within a group: QA question families, ScanRefer target objects, Multi3DRefer eval types,
+            so that a cap of N does not take N questions of one family) or ``first`` (the first N, file order).
         batch_size: clips per ``map_batches`` batch handed to one model actor.
         prompt_batch_size: prompts generated together for one clip.
         concurrency: number of model actors (each loads the model once).
@@ -42,13 +48,21 @@ class EvalJobConfig:
         experiment: MLflow experiment name.
         num_examples: example predictions drawn in the report.
         plots: draw plots (needs matplotlib).
-        protocol: the harness's scoring protocol.
+        protocol: the harness's scoring protocol (including the grounding and captioning protocols).
+        proposals: instance proposals (file or folder URI, :mod:`pipelines.eval.proposals`); needed when a protocol
+            list of ``protocol`` has ``proposals``. Grounding boxes are snapped to them and, for Scan2Cap, every
+            proposal of a scene is captioned.
+        proposals_format: one of :data:`~pipelines.eval.proposals.PROPOSAL_FORMATS`.
+        proposals_scans_root: ScanNet root with ``scans/<scene_id>/`` meshes (mask formats only).
+        max_proposals_per_scene: caption at most this many proposals per scene (highest scores first, else file
+            order; Video-3D LLM and VG-LLM use LEO's first 50); None = all.
     """
 
     tasks: tuple[str, ...] = TASKS
     split: str | None = None
     clip_index: int | None = None
     max_queries_per_task: int | None = None
+    query_selection: str = "stratified"
     batch_size: int = 2
     prompt_batch_size: int = 16
     concurrency: int = 1
@@ -63,6 +77,10 @@ class EvalJobConfig:
     num_examples: int = 4
     plots: bool = True
     protocol: EvalConfig = field(default_factory=EvalConfig)
+    proposals: str = ""
+    proposals_format: str = "vidllm"
+    proposals_scans_root: str = ""
+    max_proposals_per_scene: int | None = None
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -90,6 +108,23 @@ class EvalJobConfig:
             raise ValueError(f"num_examples must be >= 0, got {self.num_examples}")
         if not self.experiment:
             raise ValueError("experiment must not be empty")
+        if self.query_selection not in QUERY_SELECTIONS:
+            raise ValueError(f"query_selection must be one of {QUERY_SELECTIONS}, got {self.query_selection!r}")
+        if self.proposals_format not in PROPOSAL_FORMATS:
+            raise ValueError(f"proposals_format must be one of {PROPOSAL_FORMATS}, got {self.proposals_format!r}")
+        if self.uses_proposals and not self.proposals:
+            raise ValueError("the 'proposals' protocol needs proposals (the URI of an instance proposal file)")
+        if self.proposals and self.proposals_format in MASK_FORMATS and not self.proposals_scans_root:
+            raise ValueError(f"proposals_format {self.proposals_format!r} needs proposals_scans_root (the meshes)")
+        if self.max_proposals_per_scene is not None and self.max_proposals_per_scene < 1:
+            raise ValueError(f"max_proposals_per_scene must be >= 1, got {self.max_proposals_per_scene}")
+
+    @property
+    def uses_proposals(self) -> bool:
+        """Whether an evaluated task is scored under the ``proposals`` protocol."""
+        grounding = {"scanrefer", "multi3drefer"} & set(self.tasks) and "proposals" in self.protocol.grounding_protocols
+        captioning = "scan2cap" in self.tasks and "proposals" in self.protocol.captioning_protocols
+        return bool(grounding or captioning)
 
     @classmethod
     def tiny(cls) -> EvalJobConfig:

@@ -64,6 +64,7 @@ from pipelines.serve.schemas import (
 )
 from pipelines.serve.security import BearerAuth, check_scene_uri, exposure_warning
 from pipelines.serve.video_input import SamplingSpec, read_uri_limited, sample_clip, scene_id_for
+from pipelines.serve.viewer import mount_viewer
 
 logger = logging.getLogger("ray.serve")
 
@@ -102,6 +103,9 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return _error_response(ApiError(exc.status_code, code, str(exc.detail), None, dict(exc.headers or {})))
+
+
+mount_viewer(api)  # the browser viewer: /viewer/ and its data calls (pipelines/serve/viewer)
 
 
 def _mapped(handler):
