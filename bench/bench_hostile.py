@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 _CHILD = """
 import json, sys, time
 from pipelines.scenes.decode_budget import DecodeBudget
-from pipelines.serve.config import LimitsSettings
+from pipelines.serve.config import LimitsConfig
 from pipelines.serve.errors import ApiError
 from pipelines.serve.video_input import SamplingSpec, sample_clip
 
@@ -42,9 +42,9 @@ def peak_kib():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
 
 data = open(sys.argv[1], "rb").read()
-limits = LimitsSettings()
+limits = LimitsConfig()
 if sys.argv[2] == "baseline":
-    limits = LimitsSettings(decode=DecodeBudget(max_frame_pixels=10**9, max_decoded_bytes=2**62))
+    limits = LimitsConfig(decode=DecodeBudget(max_frame_pixels=10**9, max_decoded_bytes=2**62))
 sample_clip(open(sys.argv[3], "rb").read(), SamplingSpec(32, 518, 518), limits)  # warm-up: FFmpeg's lazy setup
 base = peak_kib()
 started = time.perf_counter()

@@ -137,12 +137,14 @@ def _read_video(path: str) -> bytes:
 
 def load_model(model: str, device: str):
     """Load ``(VidLLM, tokenizer)`` from an exported checkpoint: the one place ``vidllm ask`` resolves a model."""
-    from pipelines.serve.model_store import load_model_and_tokenizer, resolve_model_dir
+    import os
+
+    from pipelines.artifacts import load_model_and_tokenizer, resolve_model
 
     try:
-        checkpoint = resolve_model_dir(model)
+        checkpoint = resolve_model(model, os.environ.get("MLFLOW_TRACKING_URI")).local_dir
     except FileNotFoundError as exc:
-        raise AskError(f"--model: {exc}") from exc
+        raise AskError(str(exc)) from exc
     try:
         return load_model_and_tokenizer(checkpoint, device)
     except Exception as exc:  # noqa: BLE001 - any failure to load is one line naming the checkpoint and the cause
@@ -151,12 +153,12 @@ def load_model(model: str, device: str):
 
 def _sample(data: bytes, path: str, num_frames: int, size: int) -> np.ndarray:
     """``[S, H, W, 3]`` uint8 frames, sampled as the HTTP endpoint samples them."""
-    from pipelines.serve.config import LimitsSettings
+    from pipelines.serve.config import LimitsConfig
     from pipelines.serve.errors import ApiError
     from pipelines.serve.video_input import SamplingSpec, sample_clip
 
     # The endpoint's per-request limits guard a shared server; a local file gets the largest the sampler takes.
-    limits = LimitsSettings(max_upload_bytes=max(len(data), 1), max_duration_s=1e12, max_source_frames=2**62,
+    limits = LimitsConfig(max_upload_bytes=max(len(data), 1), max_duration_s=1e12, max_source_frames=2**62,
                             num_frames=num_frames)
     try:
         return sample_clip(data, SamplingSpec(num_frames, size, size), limits).frames

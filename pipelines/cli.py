@@ -38,7 +38,9 @@ def _run_stage(module_name: str, argv: Sequence[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from pipelines.config import CliParser
+
+    parser = CliParser(
         prog="vidllm",
         description="Vid-LLM on Ray: ingest ScanNet-style videos, compute teacher targets, train with DeepSpeed, "
         "evaluate, and serve. Run `vidllm <command> --help` for each command's options.",
@@ -78,9 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cut = argv.index("--")
         argv, job_args = argv[:cut], argv[cut + 1 :]
     args = parser.parse_args(argv)
+    from pipelines.config import run_cli
     from pipelines.submit import submit_job
 
-    return submit_job(
+    return run_cli(lambda: submit_job(
         job=args.job,
         module=STAGES[args.job][0],
         job_args=job_args,
@@ -90,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         env=args.env,
         submission_id=args.submission_id,
         wait=not args.no_wait,
-    )
+    ), "vidllm submit")
 
 
 if __name__ == "__main__":

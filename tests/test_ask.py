@@ -74,12 +74,12 @@ def _expected(checkpoint: Path, video: Path, question: str, description: str, bo
     import torch
 
     from pipelines.ask import load_model
-    from pipelines.serve.config import LimitsSettings
+    from pipelines.serve.config import LimitsConfig
     from pipelines.serve.video_input import SamplingSpec, sample_clip
 
     model, tokenizer = load_model(str(checkpoint), "cpu")
     size = int(model.vidllm_config.encoder.dinov2["image_size"])
-    frames = sample_clip(video.read_bytes(), SamplingSpec(NUM_FRAMES, size, size), LimitsSettings()).frames
+    frames = sample_clip(video.read_bytes(), SamplingSpec(NUM_FRAMES, size, size), LimitsConfig()).frames
     clip = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(255.0)[None]
     scene = model.encode_scene(clip)
     ground = model.ground(scene, [description], tokenizer)

@@ -72,7 +72,7 @@ def ingest_config(cfg: DemoConfig):
 
     size = cfg.preset
     return IngestConfig(frames_per_clip=size.frames_per_clip, min_valid_frames=size.frames_per_clip,
-                        clips_per_scene=size.clips_per_scene, short_side=size.short_side,
+                        clips_per_scene=size.clips_per_scene, resize_to=size.resize_to,
                         target_shard_bytes=1024**2)
 
 

@@ -9,7 +9,7 @@
 * :mod:`pipelines.eval.harness`: ``evaluate(predictions, ground_truth, tasks, config)`` -> nested metric dict.
 * :mod:`pipelines.eval.report`: flat metrics, Markdown summary and plots of a result.
 * :mod:`pipelines.eval.config`: ``EvalJobConfig``, the evaluation job's typed config.
-* :mod:`pipelines.eval.model_source`: ``--model`` (local, ``s3://``, ``models:/``) -> local checkpoint + model identity.
+* :mod:`pipelines.artifacts` (shared): ``--model`` (local, ``s3://``, ``models:/``) -> local checkpoint + model identity.
 * :mod:`pipelines.eval.job`: Ray Data batch inference (decode tasks + ``ClipPredictor`` model actors).
 * :mod:`pipelines.eval.run`: ``run_evaluation`` end to end (predictions, harness, report, MLflow), and
   ``score_predictions`` for an existing prediction file (no model).

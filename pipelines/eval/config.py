@@ -3,16 +3,17 @@
 :class:`EvalJobConfig` holds what the job does (tasks, which clip and annotations are scored, generation lengths)
 and how Ray runs it (clips per batch, actor pool size, GPUs per actor); the scoring protocol itself is the
 harness's :class:`~pipelines.eval.harness.EvalConfig`, nested as ``protocol``. The resolved config is saved as
-``<out>/eval_config.json`` and logged as MLflow params.
+``<out>/eval_config.json`` and logged as MLflow params. Loading, type coercion and error messages follow
+:mod:`pipelines.config` (presets ``default`` and ``tiny``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
+from pipelines import config as pconfig
 from pipelines.eval.harness import EvalConfig
 from pipelines.eval.predictions import TASKS
 from pipelines.eval.proposals import MASK_FORMATS, PROPOSAL_FORMATS
@@ -129,40 +130,24 @@ class EvalJobConfig:
     @classmethod
     def tiny(cls) -> EvalJobConfig:
         """Smoke-test preset: a few queries per task and scene, short generations, one CPU actor."""
-        return cls(max_queries_per_task=3, batch_size=2, prompt_batch_size=8, max_new_tokens_answer=6,
-                   max_new_tokens_caption=8, num_examples=2)
+        return cls(**tiny())
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["tasks"] = list(self.tasks)
-        d["protocol"] = self.protocol.to_dict()
-        return d
+        return pconfig.to_dict(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> EvalJobConfig:
         """Build from a (possibly partial) dict, rejecting unknown keys so that a typo never goes unnoticed."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"unknown eval config keys {unknown}; known: {sorted(known)}")
-        data = dict(raw)
-        if "tasks" in data:
-            data["tasks"] = tuple(data["tasks"])
-        if "protocol" in data and not isinstance(data["protocol"], EvalConfig):
-            proto = dict(data["protocol"])
-            proto_known = {f.name for f in fields(EvalConfig)}
-            bad = sorted(set(proto) - proto_known)
-            if bad:
-                raise ValueError(f"unknown eval protocol keys {bad}; known: {sorted(proto_known)}")
-            if "iou_thresholds" in proto:
-                proto["iou_thresholds"] = tuple(proto["iou_thresholds"])
-            data["protocol"] = EvalConfig(**proto)
-        return cls(**data)
-
-    @classmethod
-    def from_json_file(cls, path: str) -> EvalJobConfig:
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        return SPEC.from_dict(raw)
 
     def replace(self, **changes: Any) -> EvalJobConfig:
         return dataclasses.replace(self, **changes)
+
+
+def tiny() -> dict[str, Any]:
+    """The ``tiny`` preset: a few queries per task and scene, short generations, one CPU actor."""
+    return {"max_queries_per_task": 3, "batch_size": 2, "prompt_batch_size": 8, "max_new_tokens_answer": 6,
+            "max_new_tokens_caption": 8, "num_examples": 2}
+
+
+SPEC = pconfig.ConfigSpec(EvalJobConfig, "eval", {"default": dict, "tiny": tiny})

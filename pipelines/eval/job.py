@@ -234,7 +234,7 @@ class ClipPredictor:
     def __init__(self, model_uri: str, tracking_uri: str | None, config: dict[str, Any], out: str) -> None:
         import torch
 
-        from pipelines.eval.model_source import load_model_and_tokenizer, resolve_model
+        from pipelines.artifacts import load_model_and_tokenizer, resolve_model
 
         self.cfg = EvalJobConfig.from_dict(config)
         self.out = out

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines import storage
+from pipelines.artifacts import ModelSource, resolve_model
 from pipelines.eval.config import EvalJobConfig
 from pipelines.eval.external import PREDICTION_FORMATS, load_external_predictions
 from pipelines.eval.harness import evaluate
@@ -40,7 +41,6 @@ from pipelines.eval.job import (
     predictions_uri,
     run_inference,
 )
-from pipelines.eval.model_source import ModelSource, resolve_model
 from pipelines.eval.plots import depth_error_png, examples_markdown, examples_png, task_scores_png
 from pipelines.eval.predictions import load_predictions, write_predictions
 from pipelines.eval.proposals import SceneProposals, load_proposals
@@ -191,7 +191,7 @@ def run_evaluation(
     """Evaluate ``model_uri`` on the shards of ``data_uri``; results under ``out`` and in MLflow.
 
     Raises:
-        ModelSourceError: ``--model`` names no checkpoint.
+        ArtifactError: ``--model`` names no checkpoint.
         DataSourceError: ``--data`` / ``--annotations`` name no usable data.
         ProposalFormatError: the configured proposal file is missing or malformed.
     """

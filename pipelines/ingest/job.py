@@ -197,7 +197,7 @@ def build_scene_clips(scene: SceneInput, config: IngestConfig, config_hash: str)
         )
         wanted = sorted({i for clip in clips_idx for i in clip})
         plan = ResizePlan.for_size(reader.color_intrinsics.width, reader.color_intrinsics.height,
-                                   config.short_side, config.patch_multiple, config.resize_side)
+                                   config.resize_to, config.patch_multiple, config.resize_side)
         k_out = plan.intrinsics(reader.color_intrinsics.matrix)
         depth_map = (
             depth_sampling_map(k_out, plan.out_w, plan.out_h, reader.depth_intrinsics)

@@ -9,7 +9,7 @@ Frames (all OpenCV camera axes: x right, y down, z forward; metres):
   ``inv(T_0) @ inv(axis_alignment)``. The first-camera box is the AABB of the 8 mapped corners.
 
 Images: the colour frame is resized (bicubic, antialiased by PIL) so its shorter (default) or longer side is
-``short_side`` and then centre-cropped to multiples of ``patch_multiple`` (1296x968 -> 686x518 with the shorter
+``resize_to`` and then centre-cropped to multiples of ``patch_multiple`` (1296x968 -> 686x518 with the shorter
 side, 518x378 with the longer one, the paper's size); ``K`` follows exactly (pixel-centre convention). Depth is resampled
 with nearest neighbour onto the OUTPUT colour pixels through ``K_depth @ inv(K_out)``, which also registers depth
 taken at another resolution/intrinsics (ScanNet: 640x480 depth vs 1296x968 colour; the small colour-depth baseline

@@ -18,7 +18,7 @@ This module has no dependencies, so configuration code can import it cheaply.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 # FFmpeg demuxer short names: "mov" is the ISO-BMFF family (mov, mp4, m4a, 3gp, 3g2, mj2), "matroska" also
 # reads WebM. Neither opens other files by default (the mov demuxer's external data references are off).
@@ -62,18 +62,3 @@ class DecodeBudget:
         if not formats or not all(isinstance(f, str) and f.isidentifier() for f in formats):
             raise ValueError(f"decode budget formats must be FFmpeg demuxer names, got {self.formats!r}")
         object.__setattr__(self, "formats", formats)
-
-    @classmethod
-    def from_value(cls, value: DecodeBudget | dict | None) -> DecodeBudget:
-        """A budget from itself, a (partial) dictionary of its fields (config files), or ``None`` (defaults)."""
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, dict):
-            raise ValueError(f"a decode budget must be a mapping of its fields, got {type(value).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ValueError(f"unknown decode budget keys {unknown}; known: {sorted(known)}")
-        return cls(**value)

@@ -93,7 +93,7 @@ def open_scene(uri: str, layout: str = "auto", decode_budget: DecodeBudget | Non
     if layout == "posed_images":
         return PosedImagesReader(uri)
     if layout == "video":
-        return VideoSceneReader(uri, budget=DecodeBudget.from_value(decode_budget))
+        return VideoSceneReader(uri, budget=decode_budget or DecodeBudget())
     raise ValueError(f"unknown layout {layout!r}; expected 'auto' or one of {LAYOUTS}")
 
 

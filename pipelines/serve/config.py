@@ -4,7 +4,8 @@ One :class:`ServeConfig` drives everything: which checkpoint to load, how the tw
 model) are sized, scaled and protected against overload, what the request limits are and which storage prefixes
 scene URIs may come from. It is built from the CLI (``python -m pipelines.serve``) or from the ``args`` block of a
 Serve config file (``serve run pipelines/serve/serve_config.yaml``, or a KubeRay RayService ``serveConfigV2``),
-and the resolved dictionary is logged at start-up and written next to the downloaded checkpoint.
+and the resolved dictionary is logged at start-up and written next to the downloaded checkpoint. Loading, type
+coercion and error messages follow :mod:`pipelines.config` (presets ``default`` and ``tiny``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipelines import config as pconfig
 from pipelines.scenes.decode_budget import DecodeBudget
 
 
@@ -28,7 +30,7 @@ def _non_negative(name: str, value: float) -> None:
 
 
 @dataclass
-class AutoscalingSettings:
+class AutoscalingConfig:
     """Replica autoscaling of the model deployment (Serve ``autoscaling_config``).
 
     Attributes:
@@ -73,7 +75,7 @@ class AutoscalingSettings:
 
 
 @dataclass
-class ModelDeploymentSettings:
+class ModelDeploymentConfig:
     """Sizing, batching, overload protection and caching of the model deployment.
 
     Attributes:
@@ -96,11 +98,11 @@ class ModelDeploymentSettings:
     batch_wait_timeout_s: float = 0.02
     cache_bytes: int = 4 * 1024**3
     retry_after_s: float = 2.0
-    autoscaling: AutoscalingSettings = field(default_factory=AutoscalingSettings)
+    autoscaling: AutoscalingConfig = field(default_factory=AutoscalingConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.autoscaling, dict):
-            self.autoscaling = AutoscalingSettings(**self.autoscaling)
+            self.autoscaling = AutoscalingConfig(**self.autoscaling)
         _non_negative("model.num_gpus", self.num_gpus)
         _non_negative("model.num_cpus", self.num_cpus)
         for name in ("max_ongoing_requests", "max_queued_requests", "max_batch_size", "cache_bytes"):
@@ -112,7 +114,7 @@ class ModelDeploymentSettings:
 
 
 @dataclass
-class IngressSettings:
+class IngressConfig:
     """The HTTP ingress deployment (FastAPI): validation, decoding, auth, scene registry.
 
     Attributes:
@@ -151,7 +153,7 @@ class IngressSettings:
 
 
 @dataclass
-class LimitsSettings:
+class LimitsConfig:
     """Request limits; anything beyond them is a 4xx naming the field.
 
     Attributes:
@@ -191,7 +193,8 @@ class LimitsSettings:
                                                                       max_decode_s=30.0))
 
     def __post_init__(self) -> None:
-        self.decode = DecodeBudget.from_value(self.decode)
+        if isinstance(self.decode, dict):
+            self.decode = DecodeBudget(**self.decode)
         for name in (
             "max_upload_bytes", "max_json_bytes", "max_source_frames", "min_source_frames", "num_frames",
             "max_question_chars", "max_description_chars", "max_uri_chars", "max_new_tokens", "ground_top_k",
@@ -205,7 +208,7 @@ class LimitsSettings:
 
 
 @dataclass
-class HTTPSettings:
+class HTTPConfig:
     """Serve's HTTP proxy. ``request_timeout_s`` bounds every HTTP request end to end (the proxy answers 408)."""
 
     host: str = "127.0.0.1"
@@ -254,15 +257,15 @@ class ServeConfig:
     app_name: str = "vidllm"
     route_prefix: str = "/"
     device: str = "cuda"
-    model: ModelDeploymentSettings = field(default_factory=ModelDeploymentSettings)
-    ingress: IngressSettings = field(default_factory=IngressSettings)
-    limits: LimitsSettings = field(default_factory=LimitsSettings)
-    http: HTTPSettings = field(default_factory=HTTPSettings)
+    model: ModelDeploymentConfig = field(default_factory=ModelDeploymentConfig)
+    ingress: IngressConfig = field(default_factory=IngressConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    http: HTTPConfig = field(default_factory=HTTPConfig)
 
     def __post_init__(self) -> None:
         for name, cls in (
-            ("model", ModelDeploymentSettings), ("ingress", IngressSettings), ("limits", LimitsSettings),
-            ("http", HTTPSettings),
+            ("model", ModelDeploymentConfig), ("ingress", IngressConfig), ("limits", LimitsConfig),
+            ("http", HTTPConfig),
         ):
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, cls(**getattr(self, name)))
@@ -295,41 +298,35 @@ class ServeConfig:
     @classmethod
     def tiny(cls, model_uri: str, **overrides: Any) -> ServeConfig:
         """CPU preset for tests and laptops: one small replica each, short delays, small caches and limits."""
-        values: dict[str, Any] = {
-            "model_uri": model_uri,
-            "device": "cpu",
-            "model": ModelDeploymentSettings(
-                num_gpus=0.0, num_cpus=0.5, max_ongoing_requests=8, max_queued_requests=16, max_batch_size=4,
-                batch_wait_timeout_s=0.01, cache_bytes=64 * 1024**2, retry_after_s=1.0,
-                autoscaling=AutoscalingSettings(
-                    min_replicas=1, max_replicas=2, target_ongoing_requests=1.0, upscale_delay_s=1.0,
-                    downscale_delay_s=4.0, look_back_period_s=2.0, metrics_interval_s=0.5,
-                ),
-            ),
-            "ingress": IngressSettings(num_cpus=0.25, source_cache_bytes=64 * 1024**2, call_timeout_s=30.0),
-            "limits": LimitsSettings(
-                max_upload_bytes=4 * 1024**2, max_duration_s=30.0, max_source_frames=600, min_source_frames=4,
-                num_frames=4, max_question_chars=300, max_new_tokens=8, pointcloud_max_points=50_000,
-                decode=DecodeBudget(max_frame_pixels=1920 * 1080, max_frames=600, max_decoded_bytes=512 * 1024**2,
-                                    max_decode_s=20.0),
-            ),
-            "http": HTTPSettings(request_timeout_s=60.0),
-        }
-        values.update(overrides)
-        return cls(**values)
+        return dataclasses.replace(SPEC.from_dict({**tiny(), "model_uri": model_uri}), **overrides)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-serialisable dictionary (round-trips through :meth:`from_dict`)."""
-        out = dataclasses.asdict(self)
-        out["allowed_uri_prefixes"] = list(self.allowed_uri_prefixes)
-        out["limits"]["decode"]["formats"] = list(self.limits.decode.formats)
-        return out
+        return pconfig.to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ServeConfig:
         """Build from a (possibly partial) nested dictionary, e.g. a Serve config file's ``args``."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown ServeConfig keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**data)
+        return SPEC.from_dict(data)
+
+
+def tiny() -> dict[str, Any]:
+    """The ``tiny`` preset (no model): CPU replicas, short delays, small caches and limits."""
+    return {
+        "device": "cpu",
+        "model": {"num_gpus": 0.0, "num_cpus": 0.5, "max_ongoing_requests": 8, "max_queued_requests": 16,
+                  "max_batch_size": 4, "batch_wait_timeout_s": 0.01, "cache_bytes": 64 * 1024**2, "retry_after_s": 1.0,
+                  "autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1.0,
+                                  "upscale_delay_s": 1.0, "downscale_delay_s": 4.0, "look_back_period_s": 2.0,
+                                  "metrics_interval_s": 0.5}},
+        "ingress": {"num_cpus": 0.25, "source_cache_bytes": 64 * 1024**2, "call_timeout_s": 30.0},
+        "limits": {"max_upload_bytes": 4 * 1024**2, "max_duration_s": 30.0, "max_source_frames": 600,
+                   "min_source_frames": 4, "num_frames": 4, "max_question_chars": 300, "max_new_tokens": 8,
+                   "pointcloud_max_points": 50_000,
+                   "decode": {"max_frame_pixels": 1920 * 1080, "max_frames": 600, "max_decoded_bytes": 512 * 1024**2,
+                              "max_decode_s": 20.0}},
+        "http": {"request_timeout_s": 60.0},
+    }
+
+
+SPEC = pconfig.ConfigSpec(ServeConfig, "serve", {"default": dict, "tiny": tiny})

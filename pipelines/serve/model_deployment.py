@@ -32,6 +32,7 @@ import asyncio
 import dataclasses
 import logging
 import math
+import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,10 +43,10 @@ import numpy as np
 import torch
 from ray import serve
 
+from pipelines.artifacts import load_model_and_tokenizer, resolve_model
 from pipelines.serve.cache import ByteLRU
 from pipelines.serve.config import ServeConfig
 from pipelines.serve.errors import ModelInputError
-from pipelines.serve.model_store import load_model_and_tokenizer, resolve_model_dir
 from pipelines.serve.pointcloud import camera_centres
 from pipelines.serve.video_input import SamplingSpec
 
@@ -142,7 +143,8 @@ class VidLLMModel:
 
     def __init__(self, config: dict[str, Any]):
         self._cfg = ServeConfig.from_dict(config)
-        checkpoint = resolve_model_dir(self._cfg.model_uri, self._cfg.model_cache_dir)
+        checkpoint = resolve_model(self._cfg.model_uri, os.environ.get("MLFLOW_TRACKING_URI"),
+                                   self._cfg.model_cache_dir).local_dir
         self._model, self._tokenizer = load_model_and_tokenizer(checkpoint, self._cfg.device)
         self._device = torch.device(self._cfg.device)
         size = int(self._model.vidllm_config.encoder.dinov2["image_size"])

@@ -24,7 +24,7 @@ from pipelines.scenes.errors import (
     UnsupportedContainerError,
 )
 from pipelines.scenes.video import decode_frames, probe, uniform_indices
-from pipelines.serve.config import LimitsSettings
+from pipelines.serve.config import LimitsConfig
 from pipelines.serve.errors import ApiError
 from pipelines.storage import filesystem
 
@@ -93,7 +93,7 @@ def _video_error(exc: SceneDataError, field: str) -> ApiError:
     return ApiError(422, "invalid_video", f"not a decodable video: {exc.problem}", field)
 
 
-def sample_clip(data: bytes, spec: SamplingSpec, limits: LimitsSettings, field: str = "video") -> SampledClip:
+def sample_clip(data: bytes, spec: SamplingSpec, limits: LimitsConfig, field: str = "video") -> SampledClip:
     """Check limits, decode ``spec.num_frames`` uniformly spaced frames and resize them.
 
     Args:

@@ -1,12 +1,19 @@
-"""Typed, validated configuration of the teachers job (CLIP shards -> TRAINING shards)."""
+"""Typed, validated configuration of the teachers job (CLIP shards -> TRAINING shards), loaded by
+:mod:`pipelines.config`.
+
+Every field changes the training shards except those declared :func:`~pipelines.config.scheduling` (actor
+resources and counts, clips per model call: each call sees one clip's frames, the download cache, keeping the
+staging area), so :meth:`TeachersConfig.hash` covers any new field.
+"""
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-from pipelines.schema import TOKEN_CODECS, config_hash
+from pipelines import config as pconfig
+from pipelines.config import scheduling
+from pipelines.schema import TOKEN_CODECS
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -23,10 +30,10 @@ class TeacherPoolConfig:
         dtype: compute dtype of the model (``float16``/``bfloat16`` on GPUs); outputs are stored as float16.
     """
 
-    num_gpus: float = 0.0
-    num_cpus: float = 1.0
-    batch_size: int = 1
-    concurrency: int = 1
+    num_gpus: float = scheduling(0.0)
+    num_cpus: float = scheduling(1.0)
+    batch_size: int = scheduling(1)
+    concurrency: int = scheduling(1)
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
@@ -48,7 +55,7 @@ class TeachersConfig:
         token_codec: storage of geometry patch tokens, ``fp16`` (default; see :mod:`pipelines.schema`) or ``int8``.
         target_shard_bytes: a training shard is closed before it would exceed this (a scene is never split).
         cache_dir: local directory where teacher folders on object storage are downloaded (per node); empty =
-            ``vidllm-teacher-cache`` in the node's temporary directory.
+            the artifact cache of :mod:`pipelines.artifacts` in the node's temporary directory.
         io_num_cpus: CPUs of each shard-reading and each clip-writing actor.
         io_concurrency: shard-reading actors, and as many clip-writing actors. They are long-lived, like the
             teacher actors: Ray retires idle task workers on a node whose CPUs the teachers hold, and a short
@@ -62,14 +69,16 @@ class TeachersConfig:
     semantic: TeacherPoolConfig = TeacherPoolConfig()
     token_codec: str = "fp16"
     target_shard_bytes: int = 1024**3
-    cache_dir: str = ""
-    io_num_cpus: float = 0.25
-    io_concurrency: int = 1
-    keep_staging: bool = False
+    cache_dir: str = scheduling("")
+    io_num_cpus: float = scheduling(0.25)
+    io_concurrency: int = scheduling(1)
+    keep_staging: bool = scheduling(False)
 
     def __post_init__(self) -> None:
-        if not self.geometry_teacher or not self.semantic_teacher:
-            raise ValueError("geometry_teacher and semantic_teacher (paths or URIs) are required")
+        missing = [name for name in ("geometry_teacher", "semantic_teacher") if not getattr(self, name)]
+        if missing:
+            raise ValueError(f"{' and '.join(missing)} (local path or URI of an HF folder) required: "
+                             + ", ".join(f"--{m.replace('_', '-')} URI" for m in missing))
         if self.token_codec not in TOKEN_CODECS:
             raise ValueError(f"token_codec must be one of {TOKEN_CODECS}, got {self.token_codec!r}")
         if self.target_shard_bytes < 1 or self.io_num_cpus <= 0 or self.io_concurrency < 1:
@@ -78,8 +87,7 @@ class TeachersConfig:
     @classmethod
     def tiny(cls, geometry_teacher: str, semantic_teacher: str) -> TeachersConfig:
         """Test preset: CPU actors (all four pools fit a 2-CPU Ray), 2 clips per batch, 128 KB shards."""
-        pool = TeacherPoolConfig(batch_size=2, num_cpus=0.5)
-        return cls(geometry_teacher, semantic_teacher, pool, pool, target_shard_bytes=128 * 1024)
+        return SPEC.from_dict({**tiny(), "geometry_teacher": geometry_teacher, "semantic_teacher": semantic_teacher})
 
     def pool_resources(self) -> dict[str, float]:
         """CPUs and GPUs that all actor pools hold at once (teachers, shard readers, clip writers)."""
@@ -88,33 +96,21 @@ class TeachersConfig:
                 "GPU": sum(p.concurrency * p.num_gpus for p in teachers)}
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return pconfig.to_dict(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TeachersConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"unknown teachers config keys {unknown}; known: {sorted(known)}")
-        raw = dict(raw)
-        for pool in ("geometry", "semantic"):
-            if isinstance(raw.get(pool), dict):
-                raw[pool] = TeacherPoolConfig(**raw[pool])
-        return cls(**raw)
-
-    @classmethod
-    def from_json_file(cls, path: str, **overrides: Any) -> TeachersConfig:
-        with open(path) as f:
-            raw = json.load(f)
-        raw.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(raw)
+        return SPEC.from_dict(raw)
 
     def hash(self) -> str:
-        """Hash of what changes shard contents (models, dtypes, codec, shard size), not of scheduling knobs."""
-        d = self.to_dict()
-        content = {
-            "geometry_teacher": d["geometry_teacher"], "semantic_teacher": d["semantic_teacher"],
-            "geometry_dtype": d["geometry"]["dtype"], "semantic_dtype": d["semantic"]["dtype"],
-            "token_codec": d["token_codec"], "target_shard_bytes": d["target_shard_bytes"],
-        }
-        return config_hash(content)
+        """Resume hash: every field except the scheduling ones (:func:`pipelines.config.content_hash`)."""
+        return pconfig.content_hash(self)
+
+
+def tiny() -> dict[str, Any]:
+    """The ``tiny`` preset: CPU actors (all four pools fit a 2-CPU Ray), 2 clips per batch, 128 KB shards."""
+    pool = {"batch_size": 2, "num_cpus": 0.5}
+    return {"geometry": pool, "semantic": pool, "target_shard_bytes": 128 * 1024}
+
+
+SPEC = pconfig.ConfigSpec(TeachersConfig, "teachers", {"default": dict, "tiny": tiny})

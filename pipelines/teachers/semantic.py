@@ -6,7 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.teachers.geometry import TORCH_DTYPES, pick_device, resolve_pretrained, to_pixels
+from pipelines.artifacts import local_dir
+from pipelines.teachers.geometry import TORCH_DTYPES, pick_device, to_pixels
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -31,7 +32,7 @@ class SemanticTeacher:
         from transformers import CLIPVisionModel
 
         self.device, self.dtype = pick_device(num_gpus), TORCH_DTYPES[dtype]
-        local = resolve_pretrained(path, cache_dir)
+        local = local_dir(path, cache_dir, flag="semantic_teacher")
         self.model = CLIPVisionModel.from_pretrained(local, dtype=self.dtype).to(self.device).eval()
         self.image_size = int(self.model.config.image_size)
         self.hidden_size = int(self.model.config.hidden_size)

@@ -76,9 +76,10 @@ def trained_model(tmp_path_factory, clip_shards) -> dict:
     on QA and grounding examples of the evaluation clips, saved in HF layout with its tokenizer."""
     import torch
 
-    from model import LossWeights, VidLLM, VidLLMBatch, VidLLMConfig, build_tokenizer
+    from model import VidLLM, VidLLMBatch, VidLLMConfig, build_tokenizer
     from model.losses import MultitaskLoss
     from model.tokenizer import encode_example, grounding_answer, grounding_prompt, qa_prompt
+    from pipelines.train.config import stage_policy
 
     torch.manual_seed(0)
     model = VidLLM(VidLLMConfig.tiny())
@@ -107,7 +108,7 @@ def trained_model(tmp_path_factory, clip_shards) -> dict:
         boxes=torch.tensor([[t or [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]] for *_, t in rows], dtype=torch.float32),
         box_mask=torch.tensor([[t is not None] for *_, t in rows]),
     )
-    loss_fn = MultitaskLoss(LossWeights.stage2())
+    loss_fn = MultitaskLoss(stage_policy(2)[0])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     model.train()
     losses = []
@@ -228,8 +229,8 @@ def test_predictions_are_the_models_in_the_benchmark_frame(evaluation, clip_shar
     ``axisAlignment @ cam_to_world[0]``; reconstruction arrays match the ground-truth resolution."""
     import torch
 
+    from pipelines.artifacts import load_model_and_tokenizer
     from pipelines.eval.alignment import first_camera_to_aligned, transform_boxes
-    from pipelines.eval.model_source import load_model_and_tokenizer
     from pipelines.eval.predictions import load_predictions
 
     out: Path = evaluation["out"]
@@ -338,7 +339,7 @@ def test_bad_uris_name_the_uri(tmp_path, clip_shards, trained_model, s3_bucket, 
 def test_model_from_s3_is_downloaded_once(tmp_path, trained_model, s3_bucket):
     import s3fs
 
-    from pipelines.eval.model_source import resolve_model
+    from pipelines.artifacts import resolve_model
 
     fs = s3fs.S3FileSystem(endpoint_url=os.environ["AWS_ENDPOINT_URL"])
     remote = f"{s3_bucket}/exports/run-1/model"
@@ -346,9 +347,10 @@ def test_model_from_s3_is_downloaded_once(tmp_path, trained_model, s3_bucket):
     first = resolve_model(remote, cache_dir=str(tmp_path / "cache"))
     assert Path(first.local_dir, "model.safetensors").read_bytes() == \
         Path(trained_model["path"], "model.safetensors").read_bytes()
-    fs.rm(remote.removeprefix("s3://"), recursive=True)  # a second resolve must come from the cache
-    again = resolve_model(remote, cache_dir=str(tmp_path / "cache"))
+    stamp = Path(first.local_dir, "model.safetensors").stat().st_mtime_ns
+    again = resolve_model(remote, cache_dir=str(tmp_path / "cache"))  # unchanged on S3: served from the cache
     assert again.local_dir == first.local_dir and again.tags() == {"model_uri": remote}
+    assert Path(again.local_dir, "model.safetensors").stat().st_mtime_ns == stamp
 
 
 def test_select_annotations_split_limit_and_missing_boxes():
@@ -423,9 +425,9 @@ def test_config_validation_and_round_trip():
     assert EvalJobConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="unknown task"):
         EvalJobConfig(tasks=("scanqa", "vqa"))
-    with pytest.raises(ValueError, match="unknown eval config keys"):
+    with pytest.raises(ValueError, match="unknown field 'batchsize'"):
         EvalJobConfig.from_dict({"batchsize": 2})
-    with pytest.raises(ValueError, match="unknown eval protocol keys"):
+    with pytest.raises(ValueError, match="unknown field 'protocol.meteorr'"):
         EvalJobConfig.from_dict({"protocol": {"meteorr": False}})
     with pytest.raises(ValueError, match="num_gpus"):
         EvalJobConfig(num_gpus=-1)

@@ -10,10 +10,11 @@ import pytest
 
 from pipelines import manifest as mf
 from pipelines import storage
+from pipelines.artifacts import local_dir
 from pipelines.ingest.config import IngestConfig
 from pipelines.schema import decode_clip_sample, decode_training_sample
 from pipelines.teachers.config import TeacherPoolConfig, TeachersConfig
-from pipelines.teachers.geometry import GeometryTeacher, resolve_pretrained
+from pipelines.teachers.geometry import GeometryTeacher
 from pipelines.teachers.semantic import SemanticTeacher
 
 
@@ -37,7 +38,7 @@ def test_teachers_load_by_path_and_give_documented_shapes(tiny_teachers, tmp_pat
     with pytest.raises(ValueError, match="multiple of the teacher patch size"):
         geo(frames[:, :50])
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        resolve_pretrained(str(tmp_path / "nope"), str(tmp_path))
+        local_dir(str(tmp_path / "nope"), str(tmp_path))
 
 
 def test_config_validation(tiny_teachers):

@@ -198,14 +198,6 @@ def test_budget_validation(kwargs):
         DecodeBudget(**kwargs)
 
 
-def test_budget_from_config_values():
-    assert DecodeBudget.from_value(None) == DecodeBudget()
-    assert DecodeBudget.from_value({"max_frames": 5, "formats": ["mov"]}) == DecodeBudget(max_frames=5,
-                                                                                          formats=("mov",))
-    with pytest.raises(ValueError, match="unknown decode budget keys"):
-        DecodeBudget.from_value({"max_pixels": 5})
-
-
 # -------------------------------------------------------------------------------------------------- truncation
 @pytest.fixture(scope="module")
 def faststart_nasa(tmp_path_factory) -> bytes:

@@ -1,5 +1,5 @@
 """Fast checks of the Serve building blocks without Ray: config validation, URI allow-list, auth, byte-bounded
-cache, point-cloud geometry and PLY, encoding batching, video sampling limits and model-URI resolution."""
+cache, point-cloud geometry and PLY, encoding batching and video sampling limits (model URIs: tests/test_artifacts.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from pipelines.serve.cache import ByteLRU
-from pipelines.serve.config import AutoscalingSettings, LimitsSettings, ModelDeploymentSettings, ServeConfig
+from pipelines.serve.config import AutoscalingConfig, LimitsConfig, ModelDeploymentConfig, ServeConfig
 from pipelines.serve.errors import ApiError
 from pipelines.serve.model_deployment import concat_encodings
-from pipelines.serve.model_store import resolve_model_dir
 from pipelines.serve.pointcloud import backproject, camera_centres, parse_ply, to_ply
 from pipelines.serve.security import BearerAuth, check_scene_uri
 from pipelines.serve.video_input import SamplingSpec, sample_clip, scene_id_for
@@ -31,7 +30,7 @@ def test_config_roundtrip_and_serve_options():
     assert again == cfg
     scaling = cfg.model.autoscaling.to_serve()
     assert scaling["min_replicas"] == 1 and scaling["max_replicas"] == 2 and scaling["upscale_delay_s"] == 1.0
-    assert "metrics_interval_s" not in AutoscalingSettings().to_serve()
+    assert "metrics_interval_s" not in AutoscalingConfig().to_serve()
     assert cfg.http.to_serve() == {"host": "127.0.0.1", "port": 8000, "request_timeout_s": 60.0}
 
 
@@ -42,14 +41,14 @@ def test_config_roundtrip_and_serve_options():
         ({"allowed_uri_prefixes": ("file:///data/",)}, "allowed_uri_prefixes"),
         ({"allowed_uri_prefixes": ("s3://bucket/dir",)}, "must end with '/'"),
         ({"device": "tpu"}, "device"),
-        ({"device": "cuda", "model": ModelDeploymentSettings(num_gpus=0.0)}, "num_gpus"),
+        ({"device": "cuda", "model": ModelDeploymentConfig(num_gpus=0.0)}, "num_gpus"),
         ({"model": {"max_ongoing_requests": 2, "max_batch_size": 4, "num_gpus": 0.0}}, "max_batch_size"),
         ({"limits": {"num_frames": 0}}, "limits.num_frames"),
         ({"http": {"port": 70000}}, "http.port"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):
-    values = {"model_uri": "/models/x", "device": "cpu", "model": ModelDeploymentSettings(num_gpus=0.0)}
+    values = {"model_uri": "/models/x", "device": "cpu", "model": ModelDeploymentConfig(num_gpus=0.0)}
     values.update(kwargs)
     with pytest.raises(ValueError, match=message):
         ServeConfig(**values)
@@ -57,10 +56,10 @@ def test_config_rejects_bad_values(kwargs, message):
 
 def test_autoscaling_bounds_and_unknown_keys():
     with pytest.raises(ValueError, match="max_replicas"):
-        AutoscalingSettings(min_replicas=3, max_replicas=2)
+        AutoscalingConfig(min_replicas=3, max_replicas=2)
     with pytest.raises(ValueError, match="min_replicas"):
-        AutoscalingSettings(min_replicas=0)
-    with pytest.raises(ValueError, match="unknown ServeConfig keys"):
+        AutoscalingConfig(min_replicas=0)
+    with pytest.raises(ValueError, match="unknown field 'modle'"):
         ServeConfig.from_dict({"model_uri": "/m", "modle": {}})
 
 
@@ -191,7 +190,7 @@ def test_ply_roundtrip_and_truncation():
 
 def test_sample_clip_and_limits(clips):
     spec = SamplingSpec(num_frames=4, height=28, width=28)
-    limits = LimitsSettings(max_upload_bytes=300_000, max_duration_s=5.0, max_source_frames=100)
+    limits = LimitsConfig(max_upload_bytes=300_000, max_duration_s=5.0, max_source_frames=100)
     clip = sample_clip(clips["ok"], spec, limits)
     assert clip.frames.shape == (4, 28, 28, 3) and clip.frames.dtype == np.uint8
     assert clip.num_source_frames == 12 and abs(clip.duration_s - 1.0) < 0.1
@@ -209,51 +208,6 @@ def test_sample_clip_and_limits(clips):
         with pytest.raises(ApiError) as info:
             sample_clip(data, spec, limits)
         assert (info.value.status, info.value.error, info.value.field) == (status, error, "video")
-
-
-# ---------------------------------------------------------------- model URIs
-
-
-def test_resolve_local_and_missing(tiny_checkpoint, tmp_path):
-    assert resolve_model_dir(str(tiny_checkpoint)) == tiny_checkpoint.resolve()
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        resolve_model_dir(str(tmp_path / "nope"))
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="config.json"):
-        resolve_model_dir(str(tmp_path / "empty"))
-
-
-def test_resolve_s3_downloads_once(tiny_checkpoint, s3_bucket, tmp_path):
-    import s3fs
-
-    fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    uri = f"{s3_bucket}/exports/tiny"
-    fs.put(str(tiny_checkpoint) + "/", uri + "/", recursive=True)
-    local = resolve_model_dir(uri, str(tmp_path / "cache"))
-    assert sorted(p.name for p in local.iterdir()) == sorted(p.name for p in tiny_checkpoint.iterdir())
-    assert (local / "model.safetensors").read_bytes() == (tiny_checkpoint / "model.safetensors").read_bytes()
-    fs.rm(uri, recursive=True)  # a second resolve is served from the completed local copy
-    assert resolve_model_dir(uri, str(tmp_path / "cache")) == local
-    with pytest.raises(FileNotFoundError):
-        resolve_model_dir(f"{s3_bucket}/exports/missing", str(tmp_path / "cache"))
-
-
-@pytest.mark.slow
-def test_resolve_mlflow_model_version(tiny_checkpoint, tmp_path, monkeypatch):
-    import mlflow
-
-    tracking = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)  # what the replicas read; no global MLflow state is set
-    client = mlflow.MlflowClient(tracking_uri=tracking)
-    exp = client.create_experiment("serve-export", artifact_location=(tmp_path / "artifacts").as_uri())
-    run = client.create_run(exp)
-    client.log_artifacts(run.info.run_id, str(tiny_checkpoint), artifact_path="export/checkpoint")
-    client.set_terminated(run.info.run_id)
-    client.create_registered_model("vidllm-tiny")
-    client.create_model_version("vidllm-tiny", source=f"{run.info.artifact_uri}/export", run_id=run.info.run_id)
-    local = resolve_model_dir("models:/vidllm-tiny/1", str(tmp_path / "cache"))
-    assert local.name == "checkpoint" and (local / "config.json").is_file()
-    assert (local / "model.safetensors").read_bytes() == (tiny_checkpoint / "model.safetensors").read_bytes()
 
 
 # ---------------------------------------------------------------- config files and CLI
@@ -295,15 +249,15 @@ def test_cli_export_matches_flags(tmp_path):
 
 
 def test_serve_cli_refuses_haproxy_ingress_on_a_joined_cluster_or_without_the_binary(tiny_checkpoint, tmp_path,
-                                                                                       monkeypatch):
+                                                                                       monkeypatch, capsys):
     from pipelines.serve.__main__ import main
 
     args = ["--model", str(tiny_checkpoint), "--preset", "tiny", "--ingress", "haproxy", "--run-dir", str(tmp_path)]
-    with pytest.raises(SystemExit, match="uses the mode it was started with"):
-        main([*args, "--ray-address", "auto"])
+    assert main([*args, "--ray-address", "auto"]) == 2
+    assert "uses the mode it was started with" in capsys.readouterr().err
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no haproxy on PATH
-    with pytest.raises(SystemExit, match="needs the haproxy binary"):
-        main(args)
+    assert main(args) == 2
+    assert "needs the haproxy binary" in capsys.readouterr().err
     assert "RAY_SERVE_ENABLE_HA_PROXY" not in os.environ
 
 
@@ -390,10 +344,10 @@ def test_config_of_the_hostile_input_settings():
     assert cfg.limits.decode == DecodeBudget(max_frame_pixels=1000) and cfg.limits.min_source_frames == 2
     assert ServeConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.to_dict()["limits"]["decode"]["formats"] == ["mov", "matroska"]  # YAML-safe
-    with pytest.raises(ValueError, match="unknown decode budget keys"):
-        LimitsSettings(decode={"pixels": 5})
+    with pytest.raises(ValueError, match="unknown field 'limits.decode.pixels'"):
+        ServeConfig.from_dict({"model_uri": "/m", "limits": {"decode": {"pixels": 5}}})
     with pytest.raises(ValueError, match="min_source_frames"):
-        LimitsSettings(min_source_frames=0)
+        LimitsConfig(min_source_frames=0)
     with pytest.raises(ValueError, match="max_concurrent_decodes"):
         ServeConfig.tiny("/m", ingress={"max_concurrent_decodes": 0})
 
@@ -458,7 +412,7 @@ def test_sample_clip_hostile_videos():
     from tests.scenes import video_files as vf
 
     spec = SamplingSpec(num_frames=4, height=28, width=28)
-    limits = LimitsSettings(max_upload_bytes=300_000, min_source_frames=4)
+    limits = LimitsConfig(max_upload_bytes=300_000, min_source_frames=4)
     for data, error in (
         (vf.ffconcat("secret.mp4"), "unsupported_container"),
         (vf.png(), "unsupported_container"),
@@ -472,8 +426,8 @@ def test_sample_clip_hostile_videos():
     edited = vf.edit_list_mp4(vf.mp4(30), hide_leading=5)
     clip = sample_clip(edited, spec, limits)
     assert clip.num_source_frames == 25 and clip.frames.shape == (4, 28, 28, 3)
-    assert sample_clip(vf.mp4(3), spec, LimitsSettings(min_source_frames=3)).num_source_frames == 3
-    small = LimitsSettings(decode={"max_frame_pixels": 64 * 48 - 1})
+    assert sample_clip(vf.mp4(3), spec, LimitsConfig(min_source_frames=3)).num_source_frames == 3
+    small = LimitsConfig(decode={"max_frame_pixels": 64 * 48 - 1})
     with pytest.raises(ApiError, match="decode budget allows"):
         sample_clip(vf.mp4(8), spec, small)
 
