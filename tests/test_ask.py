@@ -153,7 +153,7 @@ def test_text_output_on_a_real_video(checkpoint):
     [
         (["{missing}", "q"], "video {missing}: no such file"),
         (["{text}", "q"], "not a decodable video"),
-        (["{truncated}", "q"], "truncated or corrupt video"),
+        (["{truncated}", "q"], "truncated file"),
         (["{room}", "q", "--model", "{tmp}/no-model"], "--model|{tmp}/no-model|directory does not exist"),
         (["{room}", "q", "--model", "{empty}"], "--model|{empty}|checkpoint directory with config.json"),
         (["{room}", "q", "--model", "{broken}"], "cannot load the checkpoint"),

@@ -6,11 +6,12 @@ and scenes per task, whether the staging area is kept), so :meth:`IngestConfig.h
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines import config as pconfig
 from pipelines.config import scheduling
+from pipelines.scenes.decode_budget import DecodeBudget
 from pipelines.schema import DEPTH_CODECS, FRAME_CODECS
 
 LAYOUTS = ("auto", "sens", "export", "posed_images", "video")
@@ -48,6 +49,9 @@ class IngestConfig:
             milliseconds, and a task per scene left the cores waiting on Ray Data's scheduling (192 scenes on 2
             CPUs: 13.6 s per task-per-scene vs 9.3 s with 8 per task); a scene's failure stays its own either way.
         keep_staging: keep ``<out>/_staging`` after the manifest is written (debugging).
+        decode: the decode budget of every scene video (frame size, frames, decoded bytes, wall time, allowed
+            containers); a video over it is quarantined with ``DecodeBudgetError``. Its wall-time limit is off by
+            default: a limit met or missed depending on the cluster's load would make the shards depend on it.
     """
 
     frames_per_clip: int = 32
@@ -67,6 +71,7 @@ class IngestConfig:
     concurrency: int | None = scheduling(None)
     scenes_per_task: int = scheduling(8)
     keep_staging: bool = scheduling(False)
+    decode: DecodeBudget = field(default_factory=DecodeBudget)
 
     def __post_init__(self) -> None:
         if self.min_valid_frames == 0:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import posixpath
 
+from pipelines.scenes.decode_budget import DecodeBudget
 from pipelines.scenes.errors import MissingFileError, SceneDataError
 from pipelines.scenes.export_layout import ExportReader
 from pipelines.scenes.posed_images import PosedImagesReader
@@ -67,7 +68,8 @@ def detect_layout(uri: str) -> str:
     )
 
 
-def open_scene(uri: str, layout: str = "auto", write_sens_index: bool = False) -> SceneReader:
+def open_scene(uri: str, layout: str = "auto", write_sens_index: bool = False,
+               decode_budget: DecodeBudget | None = None) -> SceneReader:
     """Open the scene at ``uri`` (local path or URI) and return its reader.
 
     Args:
@@ -75,6 +77,7 @@ def open_scene(uri: str, layout: str = "auto", write_sens_index: bool = False) -
         layout: one of ``"sens"``, ``"export"``, ``"posed_images"``, ``"video"``, or ``"auto"`` to detect it.
         write_sens_index: a ``.sens`` reader that had to scan the file writes its sidecar index (see
             :class:`~pipelines.scenes.sens.SensReader`).
+        decode_budget: the budget of video decoding (the ``video`` layout); ``None`` = the default budget.
 
     Raises:
         ValueError: an unknown ``layout`` name.
@@ -93,7 +96,7 @@ def open_scene(uri: str, layout: str = "auto", write_sens_index: bool = False) -
     if layout == "posed_images":
         return PosedImagesReader(uri)
     if layout == "video":
-        return VideoSceneReader(uri)
+        return VideoSceneReader(uri, budget=decode_budget or DecodeBudget())
     raise ValueError(f"unknown layout {layout!r}; expected 'auto' or one of {LAYOUTS}")
 
 
