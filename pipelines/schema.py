@@ -62,9 +62,10 @@ smoother than real scans, so real JPEGs and depth compress less):
 
 At production width (DINOv2-L, 1024 channels) a 32-frame clip costs 65.5 MB in fp16 and 32.9 MB in int8 at
 518x378 (999 patches per frame, ``resize_side="long"``), and 119 MB / 60 MB at 686x518 (1813 patches, the default
-shorter-side-518 resize). fp16 is the DEFAULT: its error is 28x smaller, and the distillation loss normalises tokens,
-where a 0.6 % error is of the same order as the signal the student is asked to fit in late training; int8 halves
-the bytes when storage or I/O dominates.
+shorter-side-518 resize). int8 is the teachers job's DEFAULT (``TeachersConfig.token_codec``): ``bench/bench_codec.py``
+trained Stage 1 on both from the same clips (real DINOv2-S tokens) and int8 changed neither the held-out distillation
+losses nor the student's features beyond the run-to-run noise of another batch order; a student matching the int8
+targets exactly would lose 6e-5 of L_geo against the fp16 ones. fp16 stays available for exact comparisons.
 """
 
 from __future__ import annotations

@@ -94,7 +94,8 @@ def test_a_bad_set_is_one_usage_line(capsys):
 
 
 def test_the_resume_hash_excludes_only_declared_scheduling_fields():
-    assert scheduling_fields(IngestConfig) == ["num_cpus_per_task", "concurrency", "scenes_per_task", "keep_staging"]
+    assert scheduling_fields(IngestConfig) == ["write_sens_index", "num_cpus_per_task", "concurrency",
+                                               "scenes_per_task", "keep_staging"]
     assert scheduling_fields(TeachersConfig) == [
         "geometry.num_gpus", "geometry.num_cpus", "geometry.batch_size", "geometry.concurrency",
         "semantic.num_gpus", "semantic.num_cpus", "semantic.batch_size", "semantic.concurrency",

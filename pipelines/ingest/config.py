@@ -6,11 +6,12 @@ and scenes per task, whether the staging area is kept), so :meth:`IngestConfig.h
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines import config as pconfig
 from pipelines.config import scheduling
+from pipelines.scenes.decode_budget import DecodeBudget
 from pipelines.schema import DEPTH_CODECS, FRAME_CODECS
 
 LAYOUTS = ("auto", "sens", "export", "posed_images", "video")
@@ -38,6 +39,9 @@ class IngestConfig:
         depth_codec: ``zlib`` (default, lossless, ~7x smaller) or ``npy``.
         target_shard_bytes: a shard is closed before it would exceed this (a scene is never split).
         layout: scene layout passed to the reader (``auto`` detects it per scene).
+        write_sens_index: write a sidecar index (frame offsets + poses) next to each ``.sens`` the first time it is
+            read, so later ingests of the scene fetch one range per sampled frame instead of the whole file
+            (needs write access to the dataset; without it the scene is still read, with a warning).
         num_cpus_per_task: CPUs Ray reserves per scene task (decode + resize run inside the task).
         concurrency: maximum concurrent scene tasks (None = as many as CPUs allow).
         scenes_per_task: at most this many scenes are staged one after the other by one Ray task (fewer when the
@@ -45,6 +49,9 @@ class IngestConfig:
             milliseconds, and a task per scene left the cores waiting on Ray Data's scheduling (192 scenes on 2
             CPUs: 13.6 s per task-per-scene vs 9.3 s with 8 per task); a scene's failure stays its own either way.
         keep_staging: keep ``<out>/_staging`` after the manifest is written (debugging).
+        decode: the decode budget of every scene video (frame size, frames, decoded bytes, wall time, allowed
+            containers); a video over it is quarantined with ``DecodeBudgetError``. Its wall-time limit is off by
+            default: a limit met or missed depending on the cluster's load would make the shards depend on it.
     """
 
     frames_per_clip: int = 32
@@ -59,10 +66,12 @@ class IngestConfig:
     depth_codec: str = "zlib"
     target_shard_bytes: int = 512 * 1024**2
     layout: str = "auto"
+    write_sens_index: bool = scheduling(False)
     num_cpus_per_task: float = scheduling(1.0)
     concurrency: int | None = scheduling(None)
     scenes_per_task: int = scheduling(8)
     keep_staging: bool = scheduling(False)
+    decode: DecodeBudget = field(default_factory=DecodeBudget)
 
     def __post_init__(self) -> None:
         if self.min_valid_frames == 0:

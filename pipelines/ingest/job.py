@@ -178,13 +178,20 @@ def _jsonable(obj: Any) -> Any:
 
 
 def build_scene_clips(scene: SceneInput, config: IngestConfig, config_hash: str) -> list[ClipSample]:
-    """Open one scene, sample its clips and decode/resize only the sampled frames (runs inside a Ray worker)."""
+    """Open one scene, sample its clips and decode/resize only the sampled frames (runs inside a Ray worker).
+
+    Raises:
+        SceneDataError: the scene's own data errors, typed (the caller quarantines the scene with that reason).
+            Readers refuse frames of another size than the colour camera's (``FrameSizeMismatchError`` for
+            videos), since resizing them would pair the pixels with intrinsics of another size.
+    """
     from pipelines.scenes.metadata import read_scene_metadata
     from pipelines.scenes.open import open_scene
     from pipelines.scenes.types import SceneMetadata
 
     metadata = read_scene_metadata(scene.metadata_uri) if scene.metadata_uri else SceneMetadata(scene.scene_id)
-    with open_scene(scene.uri, layout=config.layout) as reader:
+    with open_scene(scene.uri, layout=config.layout, write_sens_index=config.write_sens_index,
+                    decode_budget=config.decode) as reader:
         clips_idx = select_clip_frames(
             reader.valid, config.frames_per_clip, config.clips_per_scene, config.stride,
             config.min_valid_frames, scene.uri,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines import config as pconfig
+from pipelines.scenes.decode_budget import DecodeBudget
 
 
 def _positive(name: str, value: float) -> None:
@@ -126,6 +127,9 @@ class IngressConfig:
             replica that lost a scene encoding recompute it. An evicted scene answers 404 and must be re-registered.
         call_timeout_s: per-call timeout of ingress -> model calls, seconds (504 when exceeded).
         retry_after_s: ``Retry-After`` on 503 answers produced by the ingress/proxy, seconds.
+        max_concurrent_decodes: videos one ingress replica reads and decodes at once; more wait their turn (with
+            their upload spooled to disk by the multipart parser), so the replica's memory is bounded by this
+            times one video's upload and decode budget, whatever the number of requests.
     """
 
     num_replicas: int = 1
@@ -135,9 +139,11 @@ class IngressConfig:
     source_cache_bytes: int = 2 * 1024**3
     call_timeout_s: float = 60.0
     retry_after_s: float = 2.0
+    max_concurrent_decodes: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("num_replicas", "max_ongoing_requests", "max_queued_requests", "source_cache_bytes"):
+        for name in ("num_replicas", "max_ongoing_requests", "max_queued_requests", "source_cache_bytes",
+                     "max_concurrent_decodes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"ingress.{name} must be a positive integer, got {value!r}")
@@ -151,9 +157,13 @@ class LimitsConfig:
     """Request limits; anything beyond them is a 4xx naming the field.
 
     Attributes:
-        max_upload_bytes: largest accepted video upload (413 beyond).
+        max_upload_bytes: largest accepted video upload (413 beyond; checked from ``Content-Length`` before the
+            body is read, and counted while it streams).
+        max_json_bytes: largest accepted JSON body (413 beyond, checked the same way).
         max_duration_s: longest accepted video, seconds.
         max_source_frames: most frames an input video may have.
+        min_source_frames: fewest distinct frames a video must present (422 ``video_too_short`` below): sampling
+            ``num_frames`` from fewer repeats frames, and one view reconstructs nothing.
         num_frames: frames sampled uniformly from each video for the model (``S``).
         max_question_chars: longest question.
         max_description_chars: longest grounding description.
@@ -162,11 +172,15 @@ class LimitsConfig:
         max_new_tokens: tokens generated per answer/caption.
         ground_top_k: boxes returned per grounding request (highest score first).
         pointcloud_max_points: most points in a PLY download (uniformly subsampled beyond).
+        decode: the decode budget of one uploaded video (frame size, frames, decoded bytes, wall time, allowed
+            containers); a video over it is a 422 before (or while) it is decoded.
     """
 
     max_upload_bytes: int = 200 * 1024**2
+    max_json_bytes: int = 64 * 1024
     max_duration_s: float = 600.0
     max_source_frames: int = 20_000
+    min_source_frames: int = 8
     num_frames: int = 32
     max_question_chars: int = 1000
     max_description_chars: int = 500
@@ -175,11 +189,16 @@ class LimitsConfig:
     max_new_tokens: int = 32
     ground_top_k: int = 5
     pointcloud_max_points: int = 500_000
+    decode: DecodeBudget = field(default_factory=lambda: DecodeBudget(max_decoded_bytes=8 * 1024**3,
+                                                                      max_decode_s=30.0))
 
     def __post_init__(self) -> None:
+        if isinstance(self.decode, dict):
+            self.decode = DecodeBudget(**self.decode)
         for name in (
-            "max_upload_bytes", "max_source_frames", "num_frames", "max_question_chars", "max_description_chars",
-            "max_uri_chars", "max_new_tokens", "ground_top_k", "pointcloud_max_points",
+            "max_upload_bytes", "max_json_bytes", "max_source_frames", "min_source_frames", "num_frames",
+            "max_question_chars", "max_description_chars", "max_uri_chars", "max_new_tokens", "ground_top_k",
+            "pointcloud_max_points",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -217,7 +236,10 @@ class ServeConfig:
         allowed_uri_prefixes: storage prefixes ``/v1/scenes:from_uri`` may read from (e.g. ``s3://scenes/``);
             empty disables URI registration.
         auth_token_env: name of the environment variable holding the bearer token; ``None`` disables auth.
-            The variable must be set in the ingress replicas (a Kubernetes secret, or a runtime_env).
+            The variable must be set in the ingress replicas (a Kubernetes secret, or a runtime_env). Serving
+            without auth on an address other than loopback logs a warning at start-up.
+        docs_require_auth: ``/docs`` and ``/openapi.json`` need the bearer token too (needs ``auth_token_env``);
+            by default they are open.
         app_name: Serve application name.
         route_prefix: HTTP route prefix of the application.
         device: torch device of the model replicas ("cuda" needs ``model.num_gpus`` > 0).
@@ -231,6 +253,7 @@ class ServeConfig:
     model_cache_dir: str = ""
     allowed_uri_prefixes: tuple[str, ...] = ()
     auth_token_env: str | None = None
+    docs_require_auth: bool = False
     app_name: str = "vidllm"
     route_prefix: str = "/"
     device: str = "cuda"
@@ -258,6 +281,8 @@ class ServeConfig:
                 raise ValueError(f"allowed_uri_prefixes entry {prefix!r} must end with '/' (a directory prefix)")
         if self.auth_token_env is not None and not self.auth_token_env:
             raise ValueError("auth_token_env must be a variable name or null")
+        if self.docs_require_auth and self.auth_token_env is None:
+            raise ValueError("docs_require_auth needs auth_token_env (there is no token to require)")
         if not self.route_prefix.startswith("/"):
             raise ValueError(f"route_prefix must start with '/', got {self.route_prefix!r}")
         if self.device not in ("cpu", "cuda"):
@@ -296,7 +321,10 @@ def tiny() -> dict[str, Any]:
                                   "metrics_interval_s": 0.5}},
         "ingress": {"num_cpus": 0.25, "source_cache_bytes": 64 * 1024**2, "call_timeout_s": 30.0},
         "limits": {"max_upload_bytes": 4 * 1024**2, "max_duration_s": 30.0, "max_source_frames": 600,
-                   "num_frames": 4, "max_question_chars": 300, "max_new_tokens": 8, "pointcloud_max_points": 50_000},
+                   "min_source_frames": 4, "num_frames": 4, "max_question_chars": 300, "max_new_tokens": 8,
+                   "pointcloud_max_points": 50_000,
+                   "decode": {"max_frame_pixels": 1920 * 1080, "max_frames": 600, "max_decoded_bytes": 512 * 1024**2,
+                              "max_decode_s": 20.0}},
         "http": {"request_timeout_s": 60.0},
     }
 

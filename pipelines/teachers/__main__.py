@@ -4,7 +4,7 @@ Examples::
 
     python -m pipelines.teachers --clips s3://bucket/shards/clips --out s3://bucket/shards/train \\
         --geometry-teacher s3://bucket/weights/dinov2-large-reg --semantic-teacher s3://bucket/weights/clip-l-336 \\
-        --num-gpus 1 --concurrency 8
+        --config gpu
     python -m pipelines.teachers --clips out/clips --out out/train --config tiny \\
         --geometry-teacher teachers/geo --semantic-teacher teachers/sem --set semantic.concurrency=2
 
@@ -68,14 +68,17 @@ def resolve_config(args) -> TeachersConfig:
 
 
 def check_inputs(args, config: TeachersConfig) -> None:
-    """The clip manifest and both teacher folders exist and the output can be written (before Ray starts)."""
+    """The clip manifest and both teacher folders exist, the folders hold the configured architectures, and the
+    output can be written (before Ray starts)."""
     from pipelines.manifest import manifest_uri
+    from pipelines.teachers.job import check_teachers
 
     manifest = args.clips if args.clips.endswith(".json") else manifest_uri(args.clips)
     preflight.readable(manifest, "--clips", "clip manifest", "run the ingest job first (or check the path)")
     for name in ("geometry_teacher", "semantic_teacher"):
         preflight.readable(getattr(config, name), f"--{name.replace('_', '-')}", "teacher model folder",
                            "give the local path or URI of an HF-layout folder")
+    check_teachers(config)
     preflight.writable(args.out, "--out")
 
 

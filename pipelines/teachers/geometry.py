@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from pipelines.artifacts import local_dir
+from pipelines.teachers.architecture import check_architecture
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,7 +31,7 @@ def to_pixels(frames: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...
 
 
 class GeometryTeacher:
-    """Frozen ``Dinov2WithRegistersModel``; :meth:`__call__` maps frames to patch tokens.
+    """Frozen ``Dinov2WithRegistersModel`` (or plain ``Dinov2Model``); :meth:`__call__` maps frames to patch tokens.
 
     Args:
         path: local path or URI of the HF folder (``config.json`` + safetensors).
@@ -38,17 +39,20 @@ class GeometryTeacher:
         dtype: compute dtype name.
         num_gpus: > 0 runs on CUDA when available.
         frames_per_forward: frames per forward pass (bounds activation memory).
+        architecture: the expected HF class, checked against ``config.json`` before loading.
     """
 
     def __init__(self, path: str, cache_dir: str, dtype: str = "float32", num_gpus: float = 0.0,
-                 frames_per_forward: int = 32):
-        from transformers import Dinov2WithRegistersModel
+                 frames_per_forward: int = 32, architecture: str = "Dinov2WithRegistersModel"):
+        from transformers import Dinov2Model, Dinov2WithRegistersModel
 
         self.device, self.dtype = pick_device(num_gpus), TORCH_DTYPES[dtype]
         local = local_dir(path, cache_dir, flag="geometry_teacher")
-        self.model = Dinov2WithRegistersModel.from_pretrained(local, dtype=self.dtype).to(self.device).eval()
+        check_architecture(local, "geometry", architecture, source=path)
+        model_cls = {"Dinov2WithRegistersModel": Dinov2WithRegistersModel, "Dinov2Model": Dinov2Model}[architecture]
+        self.model = model_cls.from_pretrained(local, dtype=self.dtype).to(self.device).eval()
         self.patch_size = int(self.model.config.patch_size)
-        self.num_prefix = 1 + int(self.model.config.num_register_tokens)
+        self.num_prefix = 1 + int(getattr(self.model.config, "num_register_tokens", 0))
         self.hidden_size = int(self.model.config.hidden_size)
         self.frames_per_forward = frames_per_forward
 
@@ -60,7 +64,7 @@ class GeometryTeacher:
             frames: ``[S, H, W, 3]`` uint8 RGB, H and W multiples of the patch size.
 
         Returns:
-            ``[S, (H/p) * (W/p), C]`` float32 last-layer patch tokens (CLS and register tokens dropped), row-major
+            ``[S, (H/p) * (W/p), C]`` float32 last-layer patch tokens (CLS and any register tokens dropped), row-major
             over the patch grid.
         """
         h, w = frames.shape[1:3]

@@ -59,20 +59,31 @@ def inputs(tmp_path_factory, s3_endpoint) -> dict[str, str]:
     write_synthetic_shards(str(root / "train"), num_clips=16, num_shards=8, geo_dim=1024, sem_dim=1024)
     write_tokenizer(root / "tokenizer")
     write_export_config(root / "stage1" / "model", "small")
+    write_export_config(root / "stage2" / "model", "small")
+    (root / "inputs").mkdir()
+    (root / "inputs" / "scannet_val_pred_box.json").write_text(json.dumps({"scene0000_00": []}))
+    (root / "inputs" / "predictions.jsonl").write_text("")
+    (root / "inputs" / "pred.json").write_text("[]")
     (root / "clips").mkdir()
     (root / "clips" / "manifest.json").write_text(json.dumps({"kind": "clips"}))
-    for folder in ("geo", "sem", "dinov2"):
+    for folder, model_type in (("geo", "dinov2_with_registers"), ("sem", "clip_vision_model"), ("dinov2", "dinov2")):
         (root / folder).mkdir()
-        (root / folder / "config.json").write_text("{}")
+        (root / folder / "config.json").write_text(json.dumps({"model_type": model_type}))
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     if not fs.exists(BUCKET):
         fs.mkdir(BUCKET)
-    for local, remote in (("train", "shards/train"), ("tokenizer", "weights/smollm2-135m-instruct"),
-                          ("stage1/model", "runs/stage1/model"), ("clips", "shards/clips"),
+    for local, remote in (("train", "shards/train"), ("train", "shards/val"),
+                          ("tokenizer", "weights/smollm2-135m-instruct"),
+                          ("stage1/model", "runs/stage1/model"), ("stage2/model", "runs/stage2/model"),
+                          ("clips", "shards/clips"),
                           ("geo", "weights/dinov2-large-reg"), ("sem", "weights/clip-vit-large-336"),
                           ("dinov2", "weights/dinov2-small")):
         fs.put(str(root / local) + "/", f"{BUCKET}/{remote}/", recursive=True)
     fs.pipe(f"{BUCKET}/scannet/scans/scene0000_00/scene0000_00.sens", b"scene")
+    for name, remote in (("scannet_val_pred_box.json", "proposals/scannet_val_pred_box.json"),
+                         ("predictions.jsonl", "eval/stage2/predictions/predictions.jsonl"),
+                         ("pred.json", "eval/other-system/pred.json")):
+        fs.put(str(root / "inputs" / name), f"{BUCKET}/{remote}")
     s3fs.S3FileSystem.clear_instance_cache()
     return {"root": str(root), "manifest": str(root / "train" / "manifest.json"), "tokenizer": str(root / "tokenizer"),
             "stage1": str(root / "stage1" / "model")}
@@ -117,7 +128,7 @@ def _readme_commands() -> list[tuple[str, list[str]]]:
 
 def test_the_command_lists_are_not_empty():
     assert len(_infra_commands()) == 4
-    assert {m for m, _ in _readme_commands()} >= {"pipelines.ingest", "pipelines.train"}
+    assert {m for m, _ in _readme_commands()} >= {"pipelines.ingest", "pipelines.train", "pipelines.eval"}
 
 
 @pytest.mark.parametrize(("module", "argv"), _infra_commands() + _readme_commands(),
