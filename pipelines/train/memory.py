@@ -256,7 +256,7 @@ def _geometric_step(model, cfg: TrainConfig, frames: int, grid: tuple[int, int],
     loss_fn = MultitaskLoss(cfg.loss)
 
     def step() -> torch.Tensor:
-        clip = torch.empty(1, frames, 3, *hw, dtype=dtype)
+        clip = torch.zeros(1, frames, 3, *hw, dtype=dtype)
         if cfg.stage == 1:
             p = grid[0] * grid[1]
             batch = VidLLMBatch(frames=clip, teacher_geo=torch.empty(1, frames, p, vcfg.distill.teacher_geo_dim,
@@ -264,9 +264,11 @@ def _geometric_step(model, cfg: TrainConfig, frames: int, grid: tuple[int, int],
                                 teacher_sem=torch.empty(1, frames, vcfg.distill.teacher_sem_dim, dtype=dtype),
                                 teacher_grid=grid)
             return loss_fn(model(batch, reconstruct=False, generator=torch.Generator()), batch)[0]
-        batch = VidLLMBatch(frames=clip, depth=torch.empty(1, frames, *hw),
-                            extrinsics=torch.empty(1, frames, 3, 4),
-                            intrinsics=torch.empty(1, frames, 3, 3))
+        # Well-formed targets (unit depth, identity poses, a pinhole K) so the same step also runs on real tensors.
+        k = torch.tensor([[float(hw[1]), 0.0, hw[1] / 2], [0.0, float(hw[1]), hw[0] / 2], [0.0, 0.0, 1.0]])
+        batch = VidLLMBatch(frames=clip, depth=torch.ones(1, frames, *hw),
+                            extrinsics=torch.eye(3, 4).expand(1, frames, 3, 4).clone(),
+                            intrinsics=k.expand(1, frames, 3, 3).clone())
         enc = model.encoder(clip)
         ad = model.adapter(enc.tokens)
         out = VidLLMOutput(adapter=ad, grid=enc.grid, image_hw=hw,
