@@ -238,7 +238,7 @@ class Trainer:
         found = find_latest_complete(self.ctx.checkpoint_fs, self.ctx.checkpoint_path)
         if found is None:
             return None
-        state = load_checkpoint(self.engine, self.ctx.checkpoint_fs, found[1])
+        state = load_checkpoint(self.engine, self.ctx.checkpoint_fs, found[1], self.ctx.rank)
         logger.warning("rank %d resumed from %s (step %d)", self.ctx.rank, found[1], state.step)
         return state
 

@@ -183,3 +183,41 @@ def test_bf16_export_holds_the_fp32_masters_in_shards_with_an_index(process_grou
         else:
             assert torch.equal(exported[name], frozen_before[name]), name
     assert masters > 0, "the exported trainable weights are not bf16 values upcast"
+
+
+@pytest.mark.parametrize("zero", [2, 3])
+def test_restore_reads_only_this_ranks_shards(process_group, train_manifest, tmp_path, zero):
+    """Another rank's shard is listed in the marker but unreadable: rank 0 restores without touching it."""
+    import pyarrow.fs as pafs
+
+    from pipelines.train.checkpointing import (
+        DS_SUBDIR,
+        DS_TAG,
+        MARKER,
+        STATE_FILE,
+        TrainState,
+        load_checkpoint,
+        local_files,
+        marker_payload,
+    )
+
+    trainer = _trainer(train_manifest, tmp_path, 1, f"deepspeed.zero_stage={zero}").build()
+    result = trainer.train_step(trainer.micro_batches(TrainState(-1, 0, 0)))
+    ckpt = tmp_path / "checkpoint_step00000000"
+    state = TrainState(0, result.position.epoch, result.position.micro_in_epoch)
+    trainer.engine.save_checkpoint(str(ckpt / DS_SUBDIR), tag=DS_TAG, client_state=state.to_dict())
+    (ckpt / STATE_FILE).write_text(json.dumps(state.to_dict()))
+    other = ckpt / DS_SUBDIR / DS_TAG / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    other.write_bytes(b"not a torch file")
+    (ckpt / MARKER).write_text(json.dumps(marker_payload(0, local_files(ckpt))))
+    def values():  # a ZeRO-3 parameter's data lives in its partition (ds_tensor)
+        return {n: getattr(p, "ds_tensor", p).detach().clone() for n, p in trainer.engine.module.named_parameters()}
+
+    saved = values()
+    trainer.train_step(trainer.micro_batches(TrainState(-1, 0, 0)))  # move away from the checkpoint
+    assert any(not torch.equal(v, saved[n]) for n, v in values().items())
+    assert load_checkpoint(trainer.engine, pafs.LocalFileSystem(), str(ckpt), rank=0) == state
+    restored = values()
+    assert all(v.numel() for v in restored.values())
+    for name, value in restored.items():
+        assert torch.equal(value, saved[name]), name
