@@ -85,10 +85,11 @@ def _clip(scene_id: str, index: int, rng: np.random.Generator, frames: int, hw: 
 
 def write_synthetic_shards(out: str, num_clips: int = 16, num_shards: int = 4, frames: int = 4, size: int = 28,
                            patch: int = 14, geo_dim: int = 48, sem_dim: int = 40, seed: int = 0,
-                           width: int = 0) -> str:
+                           width: int = 0, frame_codec: str = "npy") -> str:
     """Write ``num_clips`` training clips in ``num_shards`` shards plus ``manifest.json`` (last) under ``out``.
 
-    Frames are ``size`` pixels high and ``width`` wide (``0``: square).
+    Frames are ``size`` pixels high and ``width`` wide (``0``: square), stored with ``frame_codec`` (``npy``, or
+    ``jpeg`` as the ingest stage writes them).
 
     Returns:
         The manifest URI.
@@ -100,7 +101,7 @@ def write_synthetic_shards(out: str, num_clips: int = 16, num_shards: int = 4, f
     geo_proj = rng.normal(size=(3, geo_dim)) * 2
     sem_proj = rng.normal(size=(3, sem_dim)) * 2
     config = {"num_clips": num_clips, "num_shards": num_shards, "frames": frames, "size": size, "width": width,
-              "patch": patch, "geo_dim": geo_dim, "sem_dim": sem_dim, "seed": seed}
+              "patch": patch, "geo_dim": geo_dim, "sem_dim": sem_dim, "seed": seed, "frame_codec": frame_codec}
     info = {"patch_grid": [size // patch, width // patch], "geo_dim": geo_dim, "sem_dim": sem_dim,
             "geometry": "synthetic-linear", "semantic": "synthetic-linear"}
     per_shard = np.array_split(np.arange(num_clips), num_shards)
@@ -110,7 +111,7 @@ def write_synthetic_shards(out: str, num_clips: int = 16, num_shards: int = 4, f
         for i in idx:
             scene_id = f"synth{int(i):04d}_00"
             clip, geo, sem = _clip(scene_id, 0, rng, frames, (size, width), patch, geo_proj, sem_proj)
-            sample = {**encode_clip_sample(clip, frame_codec="npy"), **encode_teacher_fields(geo, sem, info)}
+            sample = {**encode_clip_sample(clip, frame_codec=frame_codec), **encode_teacher_fields(geo, sem, info)}
             members.extend(sample_members(sample))
             keys.append(clip.key)
             scenes.append(scene_id)
