@@ -7,6 +7,13 @@ checkpoint storage) and runs :func:`pipelines.train.loop.train_loop_per_worker`,
 
 Training policy comes from the config only: what trains (``cfg.freeze`` glob patterns) and the loss weights
 (``cfg.loss``) are set by the stage presets of :mod:`pipelines.train.config`.
+
+At scale: the model is put in training mode whatever its source (``from_pretrained`` returns eval mode) and gets
+the config's activation checkpointing; the optimizer, offload, buckets and ``overlap_comm`` come from
+:mod:`pipelines.train.deepspeed_config`; micro-batches come from background loader processes
+(:func:`pipelines.train.data.micro_batch_loader`) and the time a step waits for them is the ``data_wait_s`` metric
+(the slowest rank's); restore reads only this rank's shards and the export writes the fp32 masters
+(:mod:`pipelines.train.checkpointing`, :mod:`pipelines.train.export`).
 """
 
 from __future__ import annotations
