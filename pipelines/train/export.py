@@ -1,7 +1,7 @@
 """Consolidate the trained weights out of ZeRO into the HF layout that ``VidLLM.from_pretrained`` loads.
 
-Two routes, one layout (``model.safetensors`` + ``config.json`` from ``save_pretrained``, the tokenizer files, and
-``train_config.json`` with the resolved training config):
+Two routes, one layout (``model.safetensors`` + ``config.json`` from ``save_pretrained``, the processor's tokenizer
+files and ``processor_config.json``, and ``train_config.json`` with the resolved training config):
 
 * :func:`export_model` at the end of training, on every rank: under ZeRO-3 each rank holds only a partition of every
   parameter, so all ranks enter ``deepspeed.zero.GatheredParameters`` (a collective) and rank 0 copies the full
@@ -37,12 +37,13 @@ def write_export(state_dict: dict[str, torch.Tensor], model_config: dict[str, An
                  dest: str) -> None:
     """Save ``state_dict`` (fp32) as an HF-layout directory at ``dest`` (local path or URI)."""
     from model import VidLLM, VidLLMConfig
+    from model.processor import as_processor
 
     model = VidLLM(VidLLMConfig.from_dict(model_config))
     model.load_state_dict(state_dict, strict=True)
     with tempfile.TemporaryDirectory(prefix="vidllm-export-") as tmp:
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        as_processor(tokenizer, model.vidllm_config).save_pretrained(tmp)
         with open(os.path.join(tmp, TRAIN_CONFIG_NAME), "w") as f:
             json.dump(cfg.to_dict(), f, indent=1, sort_keys=True)
         fs, path = storage.filesystem(dest)
