@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -241,15 +239,11 @@ def test_a_model_on_a_real_style_lm_checkpoint_with_its_own_tokenizer(bpe_chat_t
     assert len(answers) == 1 and isinstance(answers[0], str)
 
 
-SMOLLM2 = Path(os.environ.get("VIDLLM_WEIGHTS_DIR", "/work/weights")) / "smollm2"
-
-
 @pytest.mark.weights
-@pytest.mark.skipif(not (SMOLLM2 / "config.json").is_file(),
-                    reason=f"real SmolLM2 weights not installed at {SMOLLM2} (install them with "
-                           "`vidllm weights install --dir DIR` and set VIDLLM_WEIGHTS_DIR=DIR)")
-def test_real_smollm2_with_its_own_tokenizer_and_chat_template():
-    llm_cfg = llm_config_from_checkpoint(str(SMOLLM2), use_chat_template=True)
+def test_real_smollm2_with_its_own_tokenizer_and_chat_template(real_weights):
+    from pipelines.weights import SMOLLM2
+
+    llm_cfg = llm_config_from_checkpoint(real_weights[SMOLLM2], use_chat_template=True)
     small = VidLLMConfig.small().llm
     assert (llm_cfg.scene_token_id, llm_cfg.loc_token_id) == (small.scene_token_id, small.loc_token_id)
     assert llm_cfg.vocab_size == small.vocab_size
