@@ -241,9 +241,7 @@ def test_a_model_on_a_real_style_lm_checkpoint_with_its_own_tokenizer(bpe_chat_t
 
 @pytest.mark.weights
 def test_real_smollm2_with_its_own_tokenizer_and_chat_template(real_weights):
-    from pipelines.weights import SMOLLM2
-
-    llm_cfg = llm_config_from_checkpoint(real_weights[SMOLLM2], use_chat_template=True)
+    llm_cfg = llm_config_from_checkpoint(real_weights["smollm2-135m-instruct"], use_chat_template=True)
     small = VidLLMConfig.small().llm
     assert (llm_cfg.scene_token_id, llm_cfg.loc_token_id) == (small.scene_token_id, small.loc_token_id)
     assert llm_cfg.vocab_size == small.vocab_size
