@@ -2,7 +2,8 @@
 
 The benchmark readers (``pipelines.scenes``) produce richer records; :func:`qa_items` and :func:`refer_items` turn
 any records carrying the published field names (objects with attributes, or the raw JSON dicts) into these, so the
-harness depends only on the field names of the datasets (see the reference's §3.2):
+harness depends only on the field names of the datasets' published files (``docs/evaluation.md``,
+``pipelines/scenes/annotations.py``):
 
 * ScanQA / SQA3D: ``question_id``, ``scene_id``, ``answers`` (strings, or SQA3D's ``[{"answer": ...}]``),
   optional ``question``, optional question family (``family``, else ``question_type`` unless ``"N/A"``; without

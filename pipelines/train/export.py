@@ -1,9 +1,10 @@
 """Consolidate the trained weights out of ZeRO into the HF layout that ``VidLLM.from_pretrained`` loads.
 
-Layout (transformers' sharded-checkpoint convention): ``config.json``, the weights, the tokenizer files and
-``train_config.json`` (the resolved training config). The weights are fp32 safetensors: one ``model.safetensors``
-when they fit one shard of ``run.export_shard_mib``, else ``model-0000k-of-0000n.safetensors`` files plus
-``model.safetensors.index.json`` (``{"metadata": {"total_size": bytes}, "weight_map": {name: file}}``).
+Layout (transformers' sharded-checkpoint convention): ``config.json``, the weights, the processor (its tokenizer
+files and ``processor_config.json``) and ``train_config.json`` (the resolved training config). The weights are fp32
+safetensors: one ``model.safetensors`` when they fit one shard of ``run.export_shard_mib``, else
+``model-0000k-of-0000n.safetensors`` files plus ``model.safetensors.index.json``
+(``{"metadata": {"total_size": bytes}, "weight_map": {name: file}}``).
 
 What is written is the **fp32 master weights**: under bf16 the module holds bf16 copies and the optimizer the
 fp32 masters, partitioned across ranks (ZeRO-1/2: the optimizer state; ZeRO-3: parameters too). Two routes:
@@ -133,14 +134,15 @@ def write_shard(dest: str, file: str, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def write_metadata(dest: str, plan: ExportPlan, model_config: dict[str, Any], tokenizer, cfg: TrainConfig) -> None:
-    """``config.json``, the index (for more than one shard), the tokenizer files and ``train_config.json``."""
-    from model import VidLLMHFConfig
+    """``config.json``, the index (for more than one shard), the processor files and ``train_config.json``."""
+    from model import VidLLMConfig, VidLLMHFConfig
+    from model.processor import as_processor
 
     hf_config = VidLLMHFConfig(vidllm=model_config)
     hf_config.architectures = ["VidLLM"]
     with tempfile.TemporaryDirectory(prefix="vidllm-export-meta-") as tmp:
         hf_config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        as_processor(tokenizer, VidLLMConfig.from_dict(model_config)).save_pretrained(tmp)
         with open(os.path.join(tmp, TRAIN_CONFIG_NAME), "w") as f:
             json.dump(cfg.to_dict(), f, indent=1, sort_keys=True)
         if len(plan.files) > 1:

@@ -29,15 +29,21 @@ SUBCOMMANDS = {"ingest": "pipelines.ingest", "teachers": "pipelines.teachers", "
 
 
 def write_tokenizer(path: Path) -> None:
-    """A word-level tokenizer with SmolLM2's vocabulary size and special-token ids (0 endoftext, 1/2 im_start/end)."""
+    """A word-level tokenizer with SmolLM2's vocabulary size, special-token ids (0 endoftext, 1/2 im_start/end) and
+    chat template."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2, **{f"w{i}": i for i in range(3, 49152)}}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                            pad_token="<|im_end|>", unk_token="<|endoftext|>").save_pretrained(str(path))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                        pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    # SmolLM2-Instruct's chat template (the commands prompt through it: model.llm.use_chat_template).
+    tokenizer.chat_template = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+                               "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+                               "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    tokenizer.save_pretrained(str(path))
 
 
 def write_export_config(path: Path, size: str) -> None:
