@@ -240,14 +240,15 @@ class Collator:
     Args:
         cfg: data section of the training config.
         stage: 1 (frames + teacher targets) or 2 (frames, GT geometry, prompts/answers and GT boxes).
-        tokenizer: the model's tokenizer (Stage 2).
+        processor: the model's :class:`model.processor.VidLLMProcessor` (Stage 2): examples are encoded through it
+            (chat template included), exactly as the exported processor prompts at serving time.
         epoch: current epoch (seeds the task draw).
     """
 
-    def __init__(self, cfg: DataConfig, stage: int, tokenizer=None, epoch: int = 0) -> None:
-        if stage == 2 and tokenizer is None:
-            raise DataError("Stage-2 collation needs the tokenizer")
-        self.cfg, self.stage, self.tokenizer, self.epoch = cfg, stage, tokenizer, epoch
+    def __init__(self, cfg: DataConfig, stage: int, processor=None, epoch: int = 0) -> None:
+        if stage == 2 and processor is None:
+            raise DataError("Stage-2 collation needs the model's processor")
+        self.cfg, self.stage, self.processor, self.epoch = cfg, stage, processor, epoch
 
     def __call__(self, raw: Sequence[Mapping[str, Any]]) -> MicroBatch:
         from model import VidLLMBatch
@@ -286,9 +287,9 @@ class Collator:
         return MicroBatch(VidLLMBatch(**fields), skipped)
 
     def _language(self, samples: Sequence[TrainingSample]) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
-        from model.tokenizer import SCENE_TOKEN, TextBudgetError, encode_example
+        from model.tokenizer import SCENE_TOKEN, TextBudgetError
 
-        tok = self.tokenizer
+        tok = self.processor.tokenizer
         cap = self.cfg.max_text_tokens or None
         ids, labels, boxes, skipped = [], [], [], []
         for s in samples:
@@ -297,7 +298,7 @@ class Collator:
                 raise DataError(f"sample {s.key}: no annotation for any task in data.task_mix "
                                 f"{dict(self.cfg.task_mix)}")
             try:
-                i, lab = encode_example(tok, ex.prompt, ex.answer, cap, example=s.key)
+                i, lab = self.processor.encode_example(ex.prompt, ex.answer, cap, example=s.key)
             except TextBudgetError:
                 skipped.append(s.key)
                 i = tok(SCENE_TOKEN, add_special_tokens=False)["input_ids"]

@@ -133,7 +133,7 @@ def write_shard(dest: str, file: str, tensors: dict[str, torch.Tensor]) -> None:
     _write_file(dest, file, lambda path: save_file(tensors, path, metadata={"format": "pt"}))
 
 
-def write_metadata(dest: str, plan: ExportPlan, model_config: dict[str, Any], tokenizer, cfg: TrainConfig) -> None:
+def write_metadata(dest: str, plan: ExportPlan, model_config: dict[str, Any], processor, cfg: TrainConfig) -> None:
     """``config.json``, the index (for more than one shard), the processor files and ``train_config.json``."""
     from model import VidLLMConfig, VidLLMHFConfig
     from model.processor import as_processor
@@ -142,7 +142,7 @@ def write_metadata(dest: str, plan: ExportPlan, model_config: dict[str, Any], to
     hf_config.architectures = ["VidLLM"]
     with tempfile.TemporaryDirectory(prefix="vidllm-export-meta-") as tmp:
         hf_config.save_pretrained(tmp)
-        as_processor(tokenizer, VidLLMConfig.from_dict(model_config)).save_pretrained(tmp)
+        as_processor(processor, VidLLMConfig.from_dict(model_config)).save_pretrained(tmp)
         with open(os.path.join(tmp, TRAIN_CONFIG_NAME), "w") as f:
             json.dump(cfg.to_dict(), f, indent=1, sort_keys=True)
         if len(plan.files) > 1:
@@ -160,13 +160,13 @@ def _clear(dest: str) -> None:
     fs.makedirs(path, exist_ok=True)
 
 
-def export_model(model: torch.nn.Module, tokenizer, cfg: TrainConfig, rank: int, plan: ExportPlan,
+def export_model(model: torch.nn.Module, processor, cfg: TrainConfig, rank: int, plan: ExportPlan,
                  frozen: dict[str, torch.Tensor]) -> str:
     """Write the fp32 masters of the engine's ``model`` to ``<output_dir>/model`` (collective: every rank calls it).
 
     Args:
         model: the model inside the DeepSpeed engine.
-        tokenizer: saved alongside.
+        processor: the model's :class:`model.processor.VidLLMProcessor` (or a bare tokenizer), saved alongside.
         cfg: the training config (saved as ``train_config.json``; ``run.output_dir`` is the destination).
         rank: this rank.
         plan: :func:`plan_export` of the model, the same on every rank.
@@ -200,12 +200,12 @@ def export_model(model: torch.nn.Module, tokenizer, cfg: TrainConfig, rank: int,
         if plan.owners[k] == rank:
             write_shard(dest, file, {n: mine[n].contiguous() for n in plan.names[k]})
     if rank == 0:
-        write_metadata(dest, plan, model.vidllm_config.to_dict(), tokenizer, cfg)
+        write_metadata(dest, plan, model.vidllm_config.to_dict(), processor, cfg)
     dist.barrier()
     return dest
 
 
-def write_export(state_dict: dict[str, torch.Tensor], model_config: dict[str, Any], tokenizer, cfg: TrainConfig,
+def write_export(state_dict: dict[str, torch.Tensor], model_config: dict[str, Any], processor, cfg: TrainConfig,
                  dest: str) -> None:
     """Write a full fp32 state dict as an export at ``dest`` (one process), checked against a model built from
     ``model_config`` (every tensor present, no extra one)."""
@@ -218,10 +218,10 @@ def write_export(state_dict: dict[str, torch.Tensor], model_config: dict[str, An
     _clear(dest)
     for k, file in enumerate(plan.files):
         write_shard(dest, file, {n: tensors[n].contiguous() for n in plan.names[k]})
-    write_metadata(dest, plan, model.vidllm_config.to_dict(), tokenizer, cfg)
+    write_metadata(dest, plan, model.vidllm_config.to_dict(), processor, cfg)
 
 
-def export_from_checkpoint(checkpoint_dir: str, tag: str, model_config: dict[str, Any], tokenizer,
+def export_from_checkpoint(checkpoint_dir: str, tag: str, model_config: dict[str, Any], processor,
                            cfg: TrainConfig, dest: str) -> None:
     """Merge a local DeepSpeed checkpoint's ZeRO shards into fp32 weights and write the export to ``dest``.
 
@@ -229,7 +229,7 @@ def export_from_checkpoint(checkpoint_dir: str, tag: str, model_config: dict[str
         checkpoint_dir: the ``ds`` directory of a checkpoint (holds ``<tag>/`` and ``latest``).
         tag: DeepSpeed tag (:data:`pipelines.train.checkpointing.DS_TAG`).
         model_config: ``VidLLMConfig.to_dict()`` of the trained model.
-        tokenizer: the model's tokenizer (saved alongside).
+        processor: the model's :class:`model.processor.VidLLMProcessor` (or a bare tokenizer), saved alongside.
         cfg: the training config (saved as ``train_config.json``).
         dest: export directory or URI.
     """
@@ -240,7 +240,7 @@ def export_from_checkpoint(checkpoint_dir: str, tag: str, model_config: dict[str
     prefix = "model."
     if not all(k.startswith(prefix) for k in state):
         raise ValueError(f"{checkpoint_dir}: not a Vid-LLM training checkpoint (keys without {prefix!r})")
-    write_export({k[len(prefix):]: v.float() for k, v in state.items()}, model_config, tokenizer, cfg, dest)
+    write_export({k[len(prefix):]: v.float() for k, v in state.items()}, model_config, processor, cfg, dest)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,11 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.train.trainer import build_model
 
         cfg = TrainConfig.from_dict(json.loads(storage.read_bytes(args.run_config)))
-        model, tokenizer = build_model(cfg, cfg.tracking.tracking_uri or None)
+        model, processor = build_model(cfg, cfg.tracking.tracking_uri or None)
         with tempfile.TemporaryDirectory(prefix="vidllm-offline-export-") as tmp:
             fs, path = storage.filesystem(args.checkpoint)
             fs.get(path.rstrip("/") + f"/{DS_SUBDIR}/", os.path.join(tmp, DS_SUBDIR) + os.sep, recursive=True)
-            export_from_checkpoint(os.path.join(tmp, DS_SUBDIR), DS_TAG, model.vidllm_config.to_dict(), tokenizer,
+            export_from_checkpoint(os.path.join(tmp, DS_SUBDIR), DS_TAG, model.vidllm_config.to_dict(), processor,
                                    cfg, args.dest)
         print(args.dest, file=sys.stderr)
         return 0

@@ -152,19 +152,20 @@ def localize_model_paths(model: dict[str, Any], cache_dir: str = "") -> dict[str
 
 
 def build_model(cfg: TrainConfig, tracking_uri: str):
-    """``(model, tokenizer)``: random init from ``cfg.model`` (seeded by ``data.seed``, the same on every rank),
-    or the trained model named by ``init_from`` (any :mod:`pipelines.artifacts` URI) with the tokenizer saved
-    next to its weights."""
-    from model import VidLLM, VidLLMConfig, build_tokenizer
-    from pipelines.artifacts import load_tokenizer, resolve_model
+    """``(model, processor)``: random init from ``cfg.model`` (seeded by ``data.seed``, the same on every rank)
+    with the processor its config describes, or the trained model named by ``init_from`` (any
+    :mod:`pipelines.artifacts` URI) with the processor saved next to its weights. Training encodes its examples
+    through this processor, and the export saves it, so serving prompts exactly as training did."""
+    from model import VidLLM, VidLLMConfig, VidLLMProcessor
+    from pipelines.artifacts import load_processor, resolve_model
 
     if cfg.init_from:
         checkpoint = resolve_model(cfg.init_from, tracking_uri, flag="init_from").local_dir
         model = VidLLM.from_pretrained(checkpoint)
-        return model, load_tokenizer(checkpoint, model.vidllm_config)
+        return model, load_processor(checkpoint, model.vidllm_config)
     torch.manual_seed(cfg.data.seed)
     model = VidLLM(VidLLMConfig.from_dict(localize_model_paths(cfg.model)))
-    return model, build_tokenizer(model.vidllm_config)
+    return model, VidLLMProcessor.from_config(model.vidllm_config)
 
 
 class TrainingModule(torch.nn.Module):
@@ -205,7 +206,7 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- build
     def build(self) -> Trainer:
-        """Model and tokenizer, freezing, data plan, optimizer and schedule, loss, DeepSpeed engine."""
+        """Model and processor, freezing, data plan, optimizer and schedule, loss, DeepSpeed engine."""
         import deepspeed
 
         from model.freezing import apply_freezing
@@ -216,7 +217,7 @@ class Trainer:
         on_gpu = ctx.device.type == "cuda"
         skip_shm_comm_build()
         bound_http_retries()
-        self.model, self.tokenizer = build_model(cfg, self.tracking.tracking_uri)
+        self.model, self.processor = build_model(cfg, self.tracking.tracking_uri)
         # from_pretrained (Stage 2's init_from) returns a model in eval mode; dropout, the training-time random
         # frame sampling and activation checkpointing need training mode.
         self.model.train()
@@ -256,7 +257,7 @@ class Trainer:
         epoch, skip = state.epoch, state.micro_in_epoch
         while True:
             plan = plan_rank(self.shards, ctx.rank, ctx.world, epoch, cfg.data.seed, cfg.data.shuffle_shards)
-            collator = Collator(cfg.data, cfg.stage, self.tokenizer, epoch)
+            collator = Collator(cfg.data, cfg.stage, self.processor, epoch)
             for i, item in enumerate(micro_batch_loader(plan, collator, cfg.data, per_epoch, skip)):
                 yield epoch, skip + i + 1, item
             epoch, skip = epoch + 1, 0
@@ -374,7 +375,7 @@ class Trainer:
         """Gather the weights and write the HF-layout export to ``<output_dir>/model`` (collective)."""
         from pipelines.train.export import export_model
 
-        return export_model(self.engine.module.model, self.tokenizer, self.cfg, self.ctx.rank, self.export_plan,
+        return export_model(self.engine.module.model, self.processor, self.cfg, self.ctx.rank, self.export_plan,
                             self.frozen_fp32)
 
     # ---------------------------------------------------------------------------------------------- the loop

@@ -60,10 +60,15 @@ def test_stream_shorter_than_manifest_is_an_error(train_manifest):
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from model import VidLLMConfig, build_tokenizer
+def processor():
+    from model import VidLLMConfig, VidLLMProcessor
 
-    return build_tokenizer(VidLLMConfig.tiny())
+    return VidLLMProcessor.from_config(VidLLMConfig.tiny())
+
+
+@pytest.fixture(scope="module")
+def tokenizer(processor):
+    return processor.tokenizer
 
 
 def _raw(manifest, n):
@@ -81,11 +86,11 @@ def test_stage1_collation(train_manifest):
 
 
 @pytest.mark.parametrize("task", ["qa", "caption", "grounding"])
-def test_stage2_collation_per_task(train_manifest, tokenizer, task):
+def test_stage2_collation_per_task(train_manifest, tokenizer, task, processor):
     from model.tokenizer import LOC_TOKEN, SCENE_TOKEN
 
     cfg = DataConfig(task_mix={task: 1.0}, max_text_tokens=64)
-    batch = Collator(cfg, stage=2, tokenizer=tokenizer)(_raw(train_manifest, 3)).batch
+    batch = Collator(cfg, stage=2, processor=processor)(_raw(train_manifest, 3)).batch
     scene_id = tokenizer.convert_tokens_to_ids(SCENE_TOKEN)
     loc_id = tokenizer.convert_tokens_to_ids(LOC_TOKEN)
     assert batch.depth.shape == (3, 4, 28, 28) and batch.extrinsics.shape == (3, 4, 3, 4)
@@ -107,22 +112,22 @@ def test_stage2_collation_per_task(train_manifest, tokenizer, task):
         assert not batch.box_mask.any()
 
 
-def test_task_mix_draws_each_task(train_manifest, tokenizer):
+def test_task_mix_draws_each_task(train_manifest, tokenizer, processor):
     from pipelines.schema import decode_training_sample
 
     raw = _raw(train_manifest, 16)
     cands = language_candidates(decode_training_sample(raw[0]))
     assert all(cands[t] for t in ("qa", "caption", "grounding"))
     cfg = DataConfig(task_mix={"qa": 0.5, "caption": 0.25, "grounding": 0.25})
-    batch = Collator(cfg, stage=2, tokenizer=tokenizer)(raw).batch
+    batch = Collator(cfg, stage=2, processor=processor)(raw).batch
     loc_id = tokenizer.convert_tokens_to_ids("<loc>")
     n_ground = int((batch.input_ids == loc_id).any(dim=1).sum())
     assert 0 < n_ground < 16
-    again = Collator(cfg, stage=2, tokenizer=tokenizer)(raw).batch
+    again = Collator(cfg, stage=2, processor=processor)(raw).batch
     assert torch.equal(again.input_ids, batch.input_ids)  # seeded by (seed, epoch, key): deterministic
 
 
-def test_zero_target_grounding_collates_to_an_empty_box_row(train_manifest, tokenizer):
+def test_zero_target_grounding_collates_to_an_empty_box_row(train_manifest, tokenizer, processor):
     """Multi3DRefer's zero-target queries ("there is no such object") are grounding examples with no boxes."""
     import dataclasses
 
@@ -136,7 +141,7 @@ def test_zero_target_grounding_collates_to_an_empty_box_row(train_manifest, toke
     (example,) = language_candidates(sample)["grounding"]
     assert example.boxes.shape == (0, 6)
     cfg = DataConfig(task_mix={"grounding": 1.0}, max_text_tokens=64)
-    collator = Collator(cfg, stage=2, tokenizer=tokenizer)
+    collator = Collator(cfg, stage=2, processor=processor)
     batch, skipped = collator._language([sample])
     assert skipped == ()
     assert batch["boxes"].shape[0] == 1 and not batch["box_mask"].any()
@@ -173,7 +178,8 @@ def test_a_loader_worker_error_reaches_the_training_process(train_manifest):
         list(micro_batch_loader(lying, Collator(cfg, stage=1), cfg, num_micro=6))
 
 
-def test_without_a_text_cap_every_text_is_whole_and_the_batch_pads_to_its_longest(train_manifest, tokenizer):
+def test_without_a_text_cap_every_text_is_whole_and_the_batch_pads_to_its_longest(train_manifest, tokenizer,
+                                                                                  processor):
     from model.tokenizer import encode_example
     from pipelines.schema import decode_training_sample
     from pipelines.train.data import pick_example
@@ -181,7 +187,7 @@ def test_without_a_text_cap_every_text_is_whole_and_the_batch_pads_to_its_longes
     raw = _raw(train_manifest, 4)
     cfg = DataConfig(task_mix={"qa": 1, "caption": 1, "grounding": 1})
     assert cfg.max_text_tokens == 0
-    item = Collator(cfg, stage=2, tokenizer=tokenizer)(raw)
+    item = Collator(cfg, stage=2, processor=processor)(raw)
     lengths = []
     for r in raw:
         ex = pick_example(decode_training_sample(r), cfg.task_mix, cfg.seed, 0)
@@ -191,7 +197,8 @@ def test_without_a_text_cap_every_text_is_whole_and_the_batch_pads_to_its_longes
     assert item.batch.attention_mask.sum(dim=1).tolist() == lengths
 
 
-def test_an_example_over_the_text_cap_is_reported_and_trained_without_labels_never_cut(train_manifest, tokenizer):
+def test_an_example_over_the_text_cap_is_reported_and_trained_without_labels_never_cut(train_manifest, tokenizer,
+                                                                                      processor):
     from model.tokenizer import SCENE_TOKEN, encode_example
     from pipelines.schema import decode_training_sample
     from pipelines.train.data import language_candidates
@@ -205,7 +212,7 @@ def test_an_example_over_the_text_cap_is_reported_and_trained_without_labels_nev
     # A cap the QA examples fit and the grounding answers (six numbers per box) do not.
     cap = len(encode_example(tokenizer, qa.prompt, qa.answer).input_ids) + 4
     cfg = DataConfig(task_mix={"grounding": 1.0}, max_text_tokens=cap)
-    item = Collator(cfg, stage=2, tokenizer=tokenizer)(raw)
+    item = Collator(cfg, stage=2, processor=processor)(raw)
     keys = [decode_training_sample(r).key for r in raw]
     assert item.text_skipped == tuple(keys)
     batch = item.batch
@@ -213,7 +220,30 @@ def test_an_example_over_the_text_cap_is_reported_and_trained_without_labels_nev
     scene_id = tokenizer.convert_tokens_to_ids(SCENE_TOKEN)
     assert (batch.input_ids[batch.attention_mask.bool()] == scene_id).all()
     assert batch.depth is not None  # the clip still trains reconstruction and metric depth
-    again = Collator(cfg, stage=2, tokenizer=tokenizer)(raw)
+    again = Collator(cfg, stage=2, processor=processor)(raw)
     assert again.text_skipped == item.text_skipped  # the same examples on every rank and every rerun
-    mixed = Collator(DataConfig(task_mix={"qa": 1.0}, max_text_tokens=cap), stage=2, tokenizer=tokenizer)(raw)
+    mixed = Collator(DataConfig(task_mix={"qa": 1.0}, max_text_tokens=cap), stage=2, processor=processor)(raw)
     assert mixed.text_skipped == () and (mixed.batch.labels != -100).any()
+
+
+@pytest.mark.weights
+def test_training_encodes_through_the_chat_template_the_served_prompt_uses(train_manifest, real_weights):
+    """With a chat-template LLM (the real SmolLM2), every training row is the serving prompt of the same question
+    (``VidLLMProcessor.prompt_ids``) followed by the answer, so the served model sees what it was trained on."""
+    import dataclasses
+
+    from model import VidLLMConfig, VidLLMProcessor
+    from model.llm import llm_config_from_checkpoint
+    from pipelines.schema import decode_training_sample
+
+    llm = llm_config_from_checkpoint(real_weights["smollm2-135m-instruct"], use_chat_template=True)
+    proc = VidLLMProcessor.from_config(dataclasses.replace(VidLLMConfig.tiny(), llm=llm))
+    raw = _raw(train_manifest, 3)
+    batch = Collator(DataConfig(task_mix={"qa": 1.0}), stage=2, processor=proc)(raw).batch
+    for b, sample in enumerate(raw):
+        row = batch.input_ids[b][batch.attention_mask[b].bool()].tolist()
+        answer = batch.labels[b][batch.labels[b] != -100].tolist()
+        assert answer and answer[-1] == proc.tokenizer.eos_token_id
+        served = [proc.prompt_ids(qa.prompt) for qa in language_candidates(decode_training_sample(sample))["qa"]]
+        assert row[:len(row) - len(answer)] in served
+        assert proc.tokenizer.decode(row).startswith("<|im_start|>")
