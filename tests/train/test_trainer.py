@@ -106,19 +106,6 @@ def test_warmup_then_cosine_to_the_floor():
     assert factor(2) == pytest.approx(1.0) and factor(10) == pytest.approx(0.1)
 
 
-@pytest.fixture(scope="module")
-def stage1_export(tmp_path_factory) -> str:
-    """A Stage-1 export of the tiny model (``save_pretrained`` + tokenizer), to start Stage 2 from."""
-    from model import VidLLM, VidLLMConfig, build_tokenizer
-
-    path = tmp_path_factory.mktemp("stage1_export")
-    torch.manual_seed(0)
-    model = VidLLM(VidLLMConfig.tiny())
-    model.save_pretrained(path)
-    build_tokenizer(model.vidllm_config).save_pretrained(str(path))
-    return str(path)
-
-
 def test_stage2_from_an_export_trains_in_training_mode(process_group, train_manifest, stage1_export, tmp_path):
     from model import VidLLM
 

@@ -69,20 +69,6 @@ def _run(zero: int, init: str, manifest: str, root: Path) -> list[dict]:
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
-@pytest.fixture(scope="module")
-def stage1_export(tmp_path_factory) -> str:
-    from model import VidLLM, VidLLMConfig, build_tokenizer
-
-    path = tmp_path_factory.mktemp("stage1_export")
-    import torch
-
-    torch.manual_seed(0)
-    model = VidLLM(VidLLMConfig.tiny())
-    model.save_pretrained(path)
-    build_tokenizer(model.vidllm_config).save_pretrained(str(path))
-    return str(path)
-
-
 def test_zero3_holds_half_of_every_parameter_per_rank_and_trains_like_zero2(ray_session, train_manifest,
                                                                              stage1_export, tmp_path):
     zero3 = _run(3, stage1_export, train_manifest, tmp_path)
