@@ -26,9 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.eval.metrics.boxes import as_boxes
 from pipelines.eval.metrics.qa import question_family
-from pipelines.scenes.types import SceneMetadata
 
 ObjectKey = tuple[str, int]
 
@@ -188,13 +186,3 @@ def scan2cap_references(records: Iterable[Any]) -> dict[ObjectKey, tuple[str, ..
             raise ValueError(f"Scan2Cap object {key} has an empty or non-string description")
         refs[key].extend(texts)
     return {k: tuple(v) for k, v in refs.items()}
-
-
-def boxes_from_metadata(scenes: Iterable[SceneMetadata]) -> dict[ObjectKey, np.ndarray]:
-    """``(scene_id, object_id)`` -> ``[6]`` centre+size box from the scenes' annotated objects."""
-    out: dict[ObjectKey, np.ndarray] = {}
-    for scene in scenes:
-        for obj in scene.objects:
-            box = np.concatenate([np.asarray(obj.center, np.float64), np.asarray(obj.size, np.float64)])
-            out[(scene.scene_id, int(obj.object_id))] = as_boxes(box, f"{scene.scene_id}/{obj.object_id}")[0]
-    return out

@@ -2,7 +2,7 @@
 those commands name; without them it exits 2 with one line per missing input.
 
 The inputs live where the commands say: the bucket ``vidllm-data`` on the moto S3 server holds real training shards
-(teacher widths of the real teachers, 1024), clip manifests, teacher folders, a Stage-1 export's config.json and a
+(teacher widths of the real teachers, 1024), clip manifests, teacher folders, Stage-1 export config.json files (``small`` and ``base``) and a
 tokenizer folder with SmolLM2's vocabulary size (49152 tokens, so ``<scene>``/``<loc>`` get the ids the ``small``
 LLM config expects). The model itself is built on the meta device, so no weights are needed.
 """
@@ -66,6 +66,7 @@ def inputs(tmp_path_factory, s3_endpoint) -> dict[str, str]:
     write_tokenizer(root / "tokenizer")
     write_export_config(root / "stage1" / "model", "small")
     write_export_config(root / "stage2" / "model", "small")
+    write_export_config(root / "stage1-base" / "model", "base")
     (root / "inputs").mkdir()
     (root / "inputs" / "scannet_val_pred_box.json").write_text(json.dumps({"scene0000_00": []}))
     (root / "inputs" / "predictions.jsonl").write_text("")
@@ -81,6 +82,7 @@ def inputs(tmp_path_factory, s3_endpoint) -> dict[str, str]:
     for local, remote in (("train", "shards/train"), ("train", "shards/val"),
                           ("tokenizer", "weights/smollm2-135m-instruct"),
                           ("stage1/model", "runs/stage1/model"), ("stage2/model", "runs/stage2/model"),
+                          ("stage1-base/model", "runs/stage1-base/model"),
                           ("clips", "shards/clips"),
                           ("geo", "weights/dinov2-large-reg"), ("sem", "weights/clip-vit-large-336"),
                           ("dinov2", "weights/dinov2-small")):
