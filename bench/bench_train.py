@@ -155,6 +155,7 @@ def main() -> int:
         os.environ.setdefault(key, value)
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     from model import VidLLMConfig
 
     model = VidLLMConfig.tiny() if args.model == "tiny" else VidLLMConfig.small()
