@@ -41,7 +41,7 @@ def run(real_weights, tmp_path_factory) -> dict:
     )
     assert proc.returncode == 0, f"real-weight demo failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-3000:]}"
     summary = proc.stdout[proc.stdout.index("Summary"):]
-    print("\nreal-weight run, wall time and peak RSS (MiB) per stage:\n" + summary)
+    print("\nreal-weight run, wall time and peak PSS (MiB) per stage:\n" + summary)
     return {"workdir": workdir, "stdout": proc.stdout, "weights": real_weights,
             "result": json.loads((workdir / "demo_result.json").read_text())}
 
@@ -61,10 +61,10 @@ def test_every_stage_ran_and_was_measured(run):
     for name, step in steps.items():
         assert step["status"] == "done", (name, step)
         assert step["seconds"] > 0
-        peak = step["peak_rss_mb"]
+        peak = step["peak_memory_mb"]
         assert peak["driver"] > 50 and peak["total"] >= peak["driver"] + peak["workers"] - 1, (name, peak)
     # Training holds the small model (238 M parameters) and its optimizer in a Ray worker.
-    assert steps["stage2"]["peak_rss_mb"]["workers"] > 2000
+    assert steps["stage2"]["peak_memory_mb"]["workers"] > 2000
     for name in STEPS:
         assert re.search(rf"^\s+\[\d/9\] {name}\s+done\s+\d+\.\ds\s+\d+\s+\d+\s+\d+$", run["stdout"], re.MULTILINE)
 

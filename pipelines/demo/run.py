@@ -15,7 +15,7 @@ One local Ray instance (started here, used by every step), storage in one local 
 ``--weights-dir DIR`` (the folder of ``vidllm weights install``) runs the same steps on the ``small`` model from
 real weights: the DINOv2-S encoder, SmolLM2-135M-Instruct with its own tokenizer and chat template, the real
 DINOv2-S as geometry teacher (a random CLIP stands in for the semantic one, labelled so); ``--size real`` keeps it
-to minutes on a CPU machine. Every step's wall time and peak memory (RSS of this process and of the Ray processes
+to minutes on a CPU machine. Every step's wall time and peak memory (PSS of this process and of the Ray processes
 it started) are printed and written to ``demo_result.json``.
 """
 
@@ -233,7 +233,7 @@ def _main(argv: Sequence[str] | None) -> int:
         steps.write_state(paths, state)
         storage.write_bytes(paths.result, json.dumps(
             {**final, "steps": {r.key: {"status": r.status, "seconds": round(r.seconds, 2),
-                                        "peak_rss_mb": r.peak_rss_mb} for r in progress.records}}, indent=1).encode())
+                                        "peak_memory_mb": r.peak_memory_mb} for r in progress.records}}, indent=1).encode())
         progress.say("")
         progress.say("Where everything is:")
         for line in where(cfg, paths, state, final):
