@@ -68,6 +68,27 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)"))
 
 
+TIERS = ("weights", "gpu", "slow")
+_tier_seconds: dict[str, float] = {}
+
+
+def _tier(keywords) -> str:
+    """A test's tier for the time summary: its first marker of :data:`TIERS`, else ``fast``."""
+    return next((t for t in TIERS if t in keywords), "fast")
+
+
+def pytest_runtest_logreport(report):
+    tier = _tier(report.keywords)
+    _tier_seconds[tier] = _tier_seconds.get(tier, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Wall time per tier (set-up, call and tear-down of its tests): what the README quotes for the weights tier."""
+    if _tier_seconds:
+        terminalreporter.write_line("time per tier: " + ", ".join(
+            f"{tier} {seconds:.0f} s" for tier, seconds in sorted(_tier_seconds.items())))
+
+
 @pytest.fixture(scope="session")
 def real_weights() -> dict[str, str]:
     """``{folder name: path}`` of the verified real-weight folders (``pipelines.weights``); skips without them."""
