@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pipelines import storage
+from pipelines.ingest.synthetic.room import CATALOGUE
 from pipelines.scenes.annotations import benchmark_paths, read_multi3drefer, read_scanqa, read_scene_list
 from pipelines.scenes.metadata import read_scene_metadata
 from pipelines.scenes.open import list_scenes, open_scene, scene_uri
@@ -26,7 +27,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_help_explains_options():
     result = _cli("--help")
     assert result.returncode == 0
-    for option in ("--scenes", "--out", "--seed", "--size", "--frames", "--layouts", "--invalid-frames"):
+    for option in ("--scenes", "--out", "--seed", "--size", "--frames", "--layouts", "--invalid-frames",
+                   "--class-probability"):
         assert option in result.stdout
     assert "1296x968" in result.stdout
 
@@ -43,7 +45,8 @@ def _check_dataset(root: str, num_scenes: int) -> None:
         frame = r.read_frame(5)
         assert frame.rgb.shape == (120, 160, 3) and (frame.depth_m > 0).mean() > 0.9
     meta = read_scene_metadata(storage.join(root, "scans", "scene0001_00"))
-    assert {"floor", "wall", "chair"} <= {o.label for o in meta.objects}
+    labels = {o.label for o in meta.objects}
+    assert {"floor", "wall"} <= labels and labels & {c.label for c in CATALOGUE}
     assert not np.allclose(meta.axis_alignment, np.eye(4))
     ann = storage.join(root, "annotations")
     assert read_scene_list(benchmark_paths(ann, "val")["scene_list"]) == ["scene0001_00"]

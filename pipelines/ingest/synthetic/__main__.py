@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--descriptions-per-object", type=int, default=2, help="ScanRefer descriptions per object"
     )
+    parser.add_argument(
+        "--class-probability",
+        type=float,
+        default=0.5,
+        help="probability that each furniture class is present in a room (independently per class)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="regenerate scenes even if already complete")
     return parser
 
@@ -87,6 +93,7 @@ def config_from_args(args: argparse.Namespace) -> SyntheticConfig:
         gop=args.gop,
         val_every=args.val_every,
         descriptions_per_object=args.descriptions_per_object,
+        class_probability=args.class_probability,
         overwrite=args.overwrite,
     )
 

@@ -22,7 +22,7 @@ from pipelines.ingest.synthetic.trajectory import (
     invalid_frame_indices,
 )
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 LAYOUTS = ("sens", "export", "posed_images", "video")
 SPLITS = ("train", "val")
 
@@ -45,6 +45,8 @@ class SyntheticConfig:
         gop: H.264 keyframe interval of the video layout.
         val_every: every ``val_every``-th scene, starting at index 1, goes to the val split.
         descriptions_per_object: ScanRefer descriptions per object.
+        class_probability: probability that each furniture class is present in a room (independently per class,
+            so that whether a class is present cannot be told from its name).
         overwrite: regenerate scenes even when their completion marker matches.
     """
 
@@ -61,6 +63,7 @@ class SyntheticConfig:
     gop: int = 30
     val_every: int = 4
     descriptions_per_object: int = 2
+    class_probability: float = 0.5
     overwrite: bool = False
     generator_version: int = field(default=GENERATOR_VERSION)
 
@@ -82,6 +85,8 @@ class SyntheticConfig:
             raise ValueError(f"jpeg_quality must be in [1, 95], got {self.jpeg_quality}")
         if self.fps < 1 or self.gop < 1 or self.val_every < 2 or self.descriptions_per_object < 1:
             raise ValueError("fps, gop and descriptions_per_object must be >= 1 and val_every >= 2")
+        if not 0.0 < self.class_probability <= 1.0:
+            raise ValueError(f"class_probability must be in (0, 1], got {self.class_probability}")
 
     @classmethod
     def tiny(cls, out: str) -> SyntheticConfig:
@@ -148,7 +153,7 @@ def build_scene(config: SyntheticConfig, index: int) -> SceneSpec:
     """Deterministically build scene ``index`` (room, trajectory, invalid frames) without rendering."""
     rng = np.random.default_rng([config.seed, index])
     trajectory = LoopTrajectory(phase=float(rng.uniform(0.0, 2.0 * np.pi)))
-    room = generate_room(rng, scene_id_of(index), trajectory.clearance_samples)
+    room = generate_room(rng, scene_id_of(index), trajectory.clearance_samples, config.class_probability)
     aligned = trajectory.poses(room.extent, config.frames_per_scene)
     raw = np.linalg.inv(room.axis_alignment)[None] @ aligned
     invalid = invalid_frame_indices(config.frames_per_scene, config.num_invalid_frames)
