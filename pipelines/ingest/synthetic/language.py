@@ -65,6 +65,21 @@ def choice_candidates(question: str) -> tuple[str, str] | None:
     return None
 
 
+# Every word of the templates below, besides class names, colours and number words (see vocabulary()).
+_TEMPLATE_WORDS = """
+how many are in the room what color is there a which closer to or bigger one yes no
+i am standing front of and facing it me on my left right walked up looking at this next all
+"""
+
+
+def vocabulary() -> tuple[str, ...]:
+    """Every lower-case word the annotations can contain (a word-level tokenizer needs no other word)."""
+    words = set(_TEMPLATE_WORDS.split()) | set(PALETTE) | set(NUMBER_WORDS)
+    for cls in CATALOGUE:
+        words |= set(cls.label.split()) | set(cls.plural.split())
+    return tuple(sorted(words))
+
+
 def number_word(n: int) -> str:
     """``2 -> "two"`` (the counting-answer convention of these annotations)."""
     return NUMBER_WORDS[n] if 0 <= n < len(NUMBER_WORDS) else str(n)
