@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter, defaultdict
 
@@ -202,3 +203,20 @@ def test_the_vocabulary_covers_every_annotation_word(corpus):
     assert UNK_TOKEN in build_word_tokenizer().tokenize("How many chairs are in the room?"), (
         "the fixed vocabulary lacks plurals: the data set's words must be passed as extra words"
     )
+
+
+def test_annotation_files_hold_only_the_chosen_families(tmp_path):
+    from pipelines.ingest.synthetic import write_annotations
+    from pipelines.scenes.annotations import benchmark_paths, read_scanqa
+
+    config = SyntheticConfig(out=str(tmp_path), num_scenes=3, question_families=("color", "size"),
+                             situated_questions=False)
+    write_annotations(config, [build_scene(config, i) for i in range(3)])
+    paths = benchmark_paths(str(tmp_path / "annotations"), "train")
+    records = read_scanqa(paths["scanqa"])
+    assert records and {r.question_type for r in records} <= {"color", "size"}
+    sqa = tmp_path / "annotations" / "sqa_task" / "balanced" / "v1_balanced_questions_train_scannetv2.json"
+    assert json.loads(sqa.read_text())["questions"] == []
+    assert config.fingerprint() == SyntheticConfig(out="elsewhere", num_scenes=1).fingerprint()
+    with pytest.raises(ValueError, match="question_families"):
+        SyntheticConfig(out="x", num_scenes=1, question_families=("colour",))

@@ -18,6 +18,7 @@ import argparse
 import sys
 
 from pipelines.ingest.synthetic.generate import generate
+from pipelines.ingest.synthetic.language import QUESTION_FAMILIES
 from pipelines.ingest.synthetic.scene import LAYOUTS, SyntheticConfig
 from pipelines.ingest.synthetic.trajectory import SIZE_PRESETS
 
@@ -74,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="probability that each furniture class is present in a room (independently per class)",
     )
+    parser.add_argument(
+        "--question-families",
+        default=",".join(QUESTION_FAMILIES),
+        help=f"comma-separated ScanQA question families to write (subset of {','.join(QUESTION_FAMILIES)})",
+    )
+    parser.add_argument(
+        "--no-situated", action="store_true", help="do not write SQA3D (situated) questions"
+    )
     parser.add_argument("--overwrite", action="store_true", help="regenerate scenes even if already complete")
     return parser
 
@@ -94,6 +103,8 @@ def config_from_args(args: argparse.Namespace) -> SyntheticConfig:
         val_every=args.val_every,
         descriptions_per_object=args.descriptions_per_object,
         class_probability=args.class_probability,
+        question_families=tuple(f.strip() for f in args.question_families.split(",") if f.strip()),
+        situated_questions=not args.no_situated,
         overwrite=args.overwrite,
     )
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipelines.ingest.synthetic.language import QUESTION_FAMILIES
 from pipelines.ingest.synthetic.render import BoxSet
 from pipelines.ingest.synthetic.room import Room, generate_room
 from pipelines.ingest.synthetic.trajectory import (
@@ -47,6 +48,8 @@ class SyntheticConfig:
         descriptions_per_object: ScanRefer descriptions per object.
         class_probability: probability that each furniture class is present in a room (independently per class,
             so that whether a class is present cannot be told from its name).
+        question_families: ScanQA question families written (subset of ``QUESTION_FAMILIES``).
+        situated_questions: write the SQA3D files (situated questions).
         overwrite: regenerate scenes even when their completion marker matches.
     """
 
@@ -64,6 +67,8 @@ class SyntheticConfig:
     val_every: int = 4
     descriptions_per_object: int = 2
     class_probability: float = 0.5
+    question_families: tuple[str, ...] = QUESTION_FAMILIES
+    situated_questions: bool = True
     overwrite: bool = False
     generator_version: int = field(default=GENERATOR_VERSION)
 
@@ -87,6 +92,9 @@ class SyntheticConfig:
             raise ValueError("fps, gop and descriptions_per_object must be >= 1 and val_every >= 2")
         if not 0.0 < self.class_probability <= 1.0:
             raise ValueError(f"class_probability must be in (0, 1], got {self.class_probability}")
+        unknown_families = set(self.question_families) - set(QUESTION_FAMILIES)
+        if unknown_families:
+            raise ValueError(f"question_families must be a subset of {QUESTION_FAMILIES}, got {self.question_families}")
 
     @classmethod
     def tiny(cls, out: str) -> SyntheticConfig:
@@ -108,10 +116,10 @@ class SyntheticConfig:
         return "val" if scene_index % self.val_every == 1 else "train"
 
     def fingerprint(self) -> str:
-        """Hash of every field that shapes a scene's files (not ``out``, the scene count or ``overwrite``)."""
-        shaping = {
-            k: v for k, v in dataclasses.asdict(self).items() if k not in ("out", "num_scenes", "overwrite")
-        }
+        """Hash of every field that shapes a scene's files (not ``out``, the scene count, ``overwrite`` or which
+        questions are written: the annotation files are rewritten on every run anyway)."""
+        ignored = ("out", "num_scenes", "overwrite", "question_families", "situated_questions")
+        shaping = {k: v for k, v in dataclasses.asdict(self).items() if k not in ignored}
         shaping.pop("first_scene_index")
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
