@@ -20,7 +20,7 @@ Streaming uses the ``webdataset`` library's tar expander and key grouping over f
 Stage 2 language targets: per sample one task is drawn from ``data.task_mix`` among the tasks the clip has
 annotations for, with a generator seeded by ``(seed, epoch, sample key)`` (deterministic across restarts).
 Annotation sets are recognised by their entry fields (the benchmark formats): entries with ``question`` and
-``answers`` are QA; entries with ``description`` and ``object_id`` (one object) give captioning and grounding;
+``answers`` are QA (asked after their ``situation``, when they have one: SQA3D); entries with ``description`` and ``object_id`` (one object) give captioning and grounding;
 entries with ``description`` and ``object_ids`` give (multi-target) grounding.
 """
 
@@ -172,7 +172,10 @@ def language_candidates(sample: TrainingSample) -> dict[str, list[LanguageExampl
                 first = e["answers"][0]
                 answer = first.get("answer", "") if isinstance(first, Mapping) else str(first)
                 if answer:
-                    out["qa"].append(LanguageExample("qa", qa_prompt(str(e["question"])), answer, None))
+                    # SQA3D's question only makes sense in its situation ("on my left?"); evaluation asks
+                    # "situation question" (pipelines/eval/job.py), and so must training.
+                    question = f"{e['situation']} {e['question']}" if e.get("situation") else str(e["question"])
+                    out["qa"].append(LanguageExample("qa", qa_prompt(question), answer, None))
             elif "description" in e and ("object_id" in e or "object_ids" in e):
                 raw_ids = e.get("object_ids", [e.get("object_id")])
                 try:

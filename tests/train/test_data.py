@@ -140,3 +140,19 @@ def test_zero_target_grounding_collates_to_an_empty_box_row(train_manifest, toke
     batch = collator._language([sample])
     assert batch["boxes"].shape[0] == 1 and not batch["box_mask"].any()
     assert (batch["labels"] != -100).any()
+
+
+def test_situated_questions_are_asked_in_their_situation(train_manifest):
+    """SQA3D answers depend on the situation ("on my left?"): training asks it as evaluation does."""
+    import dataclasses
+
+    from pipelines.schema import decode_training_sample
+
+    sample = decode_training_sample(_raw(train_manifest, 1)[0])
+    situated = {"scene_id": "s", "question_id": 7, "situation": "I am facing the bed.",
+                "question": "Is the desk on my left or on my right?", "answers": ["left"]}
+    plain = {"scene_id": "s", "question_id": "q", "question": "How many chairs are in the room?", "answers": ["two"]}
+    sample = dataclasses.replace(sample, annotations={"sqa3d": [situated], "scanqa": [plain]})
+    prompts = sorted(e.prompt for e in language_candidates(sample)["qa"])
+    assert prompts == ["<scene> question: How many chairs are in the room? answer:",
+                       "<scene> question: I am facing the bed. Is the desk on my left or on my right? answer:"]
