@@ -147,7 +147,7 @@ def main() -> None:
                                  num_frames=args.frames, layouts=("sens", "video")), log=lambda _m: None)
     geo, sem = make_teachers(work)
     icfg = IngestConfig(frames_per_clip=args.frames_per_clip, min_valid_frames=args.frames_per_clip,
-                        short_side=112, layout="video", target_shard_bytes=4 * 1024**2, num_cpus_per_task=1.0)
+                        resize_to=112, layout="video", target_shard_bytes=4 * 1024**2, num_cpus_per_task=1.0)
     tcfg = TeachersConfig(
         geo, sem, geometry=TeacherPoolConfig(batch_size=1, concurrency=args.geo_actors, num_cpus=args.geo_cpus),
         semantic=TeacherPoolConfig(batch_size=1, concurrency=args.sem_actors, num_cpus=args.sem_cpus),

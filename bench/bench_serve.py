@@ -36,7 +36,7 @@ import numpy as np
 
 from pipelines.scenes.video import encode_video
 from pipelines.serve.__main__ import INGRESS_MODES
-from pipelines.serve.config import AutoscalingSettings, ModelDeploymentSettings, ServeConfig
+from pipelines.serve.config import AutoscalingConfig, ModelDeploymentConfig, ServeConfig
 from pipelines.serve.video_input import SamplingSpec, sample_clip
 
 QUESTION = "what is on the table next to the chair?"
@@ -118,10 +118,10 @@ def app_config(model: str, max_batch_size: int, max_new_tokens: int, num_frames:
                batch_wait_timeout_s: float = 0.01) -> ServeConfig:
     return ServeConfig.tiny(
         model,
-        model=ModelDeploymentSettings(
+        model=ModelDeploymentConfig(
             num_gpus=0.0, num_cpus=0.5, max_ongoing_requests=16, max_queued_requests=256,
             max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s, cache_bytes=256 * 1024**2,
-            autoscaling=AutoscalingSettings(min_replicas=1, max_replicas=1),
+            autoscaling=AutoscalingConfig(min_replicas=1, max_replicas=1),
         ),
         limits={"num_frames": num_frames, "max_new_tokens": max_new_tokens, "max_upload_bytes": 16 * 1024**2},
     )
@@ -130,9 +130,10 @@ def app_config(model: str, max_batch_size: int, max_new_tokens: int, num_frames:
 def bench_overhead(url: str, session, sid: str, model_dir: str, clip: bytes, args) -> None:
     import torch
 
-    from pipelines.serve.model_store import load_model_and_tokenizer, resolve_model_dir
+    from pipelines.artifacts import load_model_and_tokenizer, resolve_model
+
     torch.set_num_threads(1)  # as in a replica with num_cpus <= 1
-    model, tok = load_model_and_tokenizer(resolve_model_dir(model_dir), "cpu")
+    model, tok = load_model_and_tokenizer(resolve_model(model_dir).local_dir, "cpu")
     size = int(model.vidllm_config.encoder.dinov2["image_size"])
     cfg = app_config(model_dir, 1, args.max_new_tokens, args.num_frames)
     frames = sample_clip(clip, SamplingSpec(args.num_frames, size, size), cfg.limits).frames

@@ -38,14 +38,15 @@ import torch  # noqa: E402
 
 from pipelines.train.config import resolve_config  # noqa: E402
 from pipelines.train.data import Collator, iter_batches, load_shards, plan_rank, steps_per_epoch  # noqa: E402
-from pipelines.train.loop import param_groups, read_step_logs  # noqa: E402
+from pipelines.train.progress import read_step_logs  # noqa: E402
 from pipelines.train.synthetic_shards import write_synthetic_shards  # noqa: E402
+from pipelines.train.trainer import param_groups  # noqa: E402
 
 
 def plain_loop(cfg, steps: int) -> list[float]:
     """Step times (s) of a plain PyTorch loop over the same data path."""
-    from model import LossWeights, VidLLM, VidLLMConfig
-    from model.freezing import apply_stage
+    from model import VidLLM, VidLLMConfig
+    from model.freezing import apply_freezing
     from model.losses import MultitaskLoss
 
     # Ray Train gives each worker OMP_NUM_THREADS = its CPUs (1 here); the plain loop gets the same thread count,
@@ -53,9 +54,9 @@ def plain_loop(cfg, steps: int) -> list[float]:
     torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
     torch.manual_seed(cfg.data.seed)
     model = VidLLM(VidLLMConfig.from_dict(cfg.model)).train()
-    apply_stage(model, "stage1")
+    apply_freezing(model, cfg.freeze.trainable, cfg.freeze.frozen)
     opt = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas)
-    loss_fn = MultitaskLoss(LossWeights(**{**LossWeights.stage1().__dict__, "sc": cfg.loss.sc_lambda}))
+    loss_fn = MultitaskLoss(cfg.loss)
     shards = load_shards(cfg.data.manifest_uri)
     spe = steps_per_epoch(shards, 1, cfg.data.micro_batch_size, 1)
     times, epoch = [], 0

@@ -16,6 +16,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from model.outputs import Output
+
 WritebackMode = Literal["cross_attention", "none"]
 _WRITEBACK_MODES = ("cross_attention", "none")
 
@@ -87,7 +89,7 @@ class AdapterConfig:
 
 
 @dataclass
-class AdapterOutput:
+class AdapterOutput(Output):
     """Output of :class:`CrossTaskAdapter`.
 
     Attributes:

@@ -1,7 +1,9 @@
 """The training/inference batch consumed by :meth:`model.vidllm.VidLLM.forward`.
 
 Every field is a tensor (or ``None`` when the sample set has no such target). Frames are the only required
-field; the targets present decide which losses :class:`model.losses.MultitaskLoss` can compute.
+field; the targets present decide which losses :class:`model.losses.MultitaskLoss` can compute. Like the outputs
+it is a ``ModelOutput`` (:class:`model.outputs.Output`), so DeepSpeed ZeRO-3 sees the tensors of the batch that
+``VidLLM.forward`` takes as its input.
 """
 
 from __future__ import annotations
@@ -11,9 +13,14 @@ from dataclasses import dataclass
 
 import torch
 
+from model.outputs import Output
+
+# Fields that feed the network (cast with the model's compute dtype); everything else is a target.
+MODEL_INPUTS = frozenset({"frames", "teacher_geo", "teacher_sem"})
+
 
 @dataclass
-class VidLLMBatch:
+class VidLLMBatch(Output):
     """A batch of video clips with optional geometric, teacher and language targets.
 
     Attributes:
@@ -46,6 +53,7 @@ class VidLLMBatch:
     box_mask: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.frames.dim() != 5 or self.frames.shape[2] != 3:
             raise ValueError(f"VidLLMBatch.frames must be [B,S,3,H,W], got {tuple(self.frames.shape)}")
         b, s, _, h, w = self.frames.shape
@@ -79,11 +87,17 @@ class VidLLMBatch:
                 raise ValueError("VidLLMBatch.box_mask must be given with boxes, shape [B,T]")
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> VidLLMBatch:
-        """Move every tensor to ``device``; floating tensors are cast to ``dtype`` when given."""
+        """Move every tensor to ``device``; cast the model *inputs* to ``dtype`` when given.
+
+        Only :data:`MODEL_INPUTS` (frames and teacher features, which enter bf16 layers) are cast. Geometric
+        targets (depth, extrinsics, intrinsics, boxes) stay fp32: bf16 would quantise a 5 m box to 2-3 cm and
+        poses and depth likewise, and the losses compute geometry in fp32 anyway.
+        """
         moved = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, torch.Tensor):
-                value = value.to(device, dtype=dtype if dtype is not None and value.is_floating_point() else None)
+                cast = dtype is not None and f.name in MODEL_INPUTS and value.is_floating_point()
+                value = value.to(device, dtype=dtype if cast else None)
             moved[f.name] = value
         return VidLLMBatch(**moved)

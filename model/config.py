@@ -1,4 +1,4 @@
-"""Typed configuration tree of Vid-LLM: the geometric half (helper C's component configs) plus the 3D-VL half.
+"""Typed configuration tree of Vid-LLM: the geometric components' configs plus the 3D-VL half.
 
 ``VidLLMConfig`` composes one dataclass per component. Dimensions that follow from other components (the adapter
 width feeding the 3D-VL branch, the LLM hidden size feeding the projector and box head) are *derived* by the
@@ -65,6 +65,10 @@ class LLMConfig:
             Cleared in the config stored with a full Vid-LLM checkpoint (the weights are in the checkpoint).
         tokenizer_path: local directory of the tokenizer; ``None`` = the offline word-level tokenizer.
         extra_words: extra words for the word-level tokenizer (appended after the fixed vocabulary).
+        use_chat_template: prompts are the user turn of the tokenizer's chat template and answers the assistant
+            turn (instruction-tuned LMs such as SmolLM2-Instruct), in training and at inference alike
+            (:class:`model.processor.VidLLMProcessor`). Part of the architecture: a checkpoint trained with it
+            must be prompted with it.
     """
 
     arch: dict[str, Any]
@@ -76,6 +80,7 @@ class LLMConfig:
     pretrained_path: str | None = None
     tokenizer_path: str | None = None
     extra_words: tuple[str, ...] = ()
+    use_chat_template: bool = False
 
     def __post_init__(self) -> None:
         for key in ("model_type", "hidden_size", "vocab_size"):
@@ -180,11 +185,14 @@ class ScaleConfig:
 
 @dataclass
 class LossWeights:
-    """Weights and hyper-parameters of :class:`model.losses.MultitaskLoss`.
+    """Weights and hyper-parameters of :class:`model.losses.MultitaskLoss`; every weight defaults to 0 (off).
+
+    The training stages' weights are training policy, set by the presets of ``pipelines/train/config.py``.
 
     ``sc`` is λ of ``L_distill = L_geo + L_lang + λ L_sc``; the paper does not give it, we use 1.0 (the Gram
     term is already O(1e-2) because it averages over M² token pairs). ``metric_depth_alpha`` is α of Eq. 9
-    (not given either; 0.5 keeps the robust denominator active for |e - b| ~ 1). Camera/depth values follow VGGT.
+    (not given either; 0.5 keeps the robust denominator active for |e - b| ~ 1). Camera, depth and point values
+    follow VGGT. Every weight defaults to 0 (off); the training stage presets choose them.
     """
 
     geo: float = 0.0
@@ -192,6 +200,7 @@ class LossWeights:
     sc: float = 0.0
     camera: float = 0.0
     depth: float = 0.0
+    point: float = 0.0
     metric_depth: float = 0.0
     lm: float = 0.0
     box: float = 0.0
@@ -201,6 +210,8 @@ class LossWeights:
     camera_weight_fov: float = 0.5
     depth_alpha: float = 0.2
     depth_grad_weight: float = 1.0
+    point_alpha: float = 0.2
+    point_grad_weight: float = 1.0
     metric_depth_alpha: float = 0.5
     box_l1: float = 5.0
     box_giou: float = 2.0
@@ -213,33 +224,12 @@ class LossWeights:
         if not 0 < self.camera_gamma <= 1:
             raise ValueError(f"camera_gamma must be in (0, 1], got {self.camera_gamma}")
 
-    @classmethod
-    def stage1(cls) -> LossWeights:
-        """Dual-teacher distillation: ``L_geo + L_lang + λ L_sc``."""
-        return cls(geo=1.0, lang=1.0, sc=1.0)
-
-    @classmethod
-    def stage2(cls) -> LossWeights:
-        """Joint optimisation: ``L_recon (camera 5, depth 1) + L_VL (LM 1, box 1) + L_MD (1)``."""
-        return cls(camera=5.0, depth=1.0, metric_depth=1.0, lm=1.0, box=1.0)
-
-
-@dataclass
-class FreezingConfig:
-    """Glob patterns over ``named_parameters`` names; a parameter trains iff it matches a ``*_trainable``
-    pattern and no ``*_frozen`` pattern of the stage. Stage 1 trains the encoder, CTA and distillation
-    projections; stage 2 freezes the encoder (and the unused distillation projections) and trains the rest.
-    """
-
-    stage1_trainable: tuple[str, ...] = ("encoder.*", "adapter.*", "distill.*")
-    stage1_frozen: tuple[str, ...] = ()
-    stage2_trainable: tuple[str, ...] = ("*",)
-    stage2_frozen: tuple[str, ...] = ("encoder.*", "distill.*")
-
 
 @dataclass
 class VidLLMConfig:
-    """The whole model: C's geometric components plus the 3D-VL branch, LLM, grounding head and training knobs."""
+    """The whole model: the geometric components (encoder, adapter, reconstruction, metric depth) plus the 3D-VL
+    branch, LLM, grounding head and the distillation and scale-alignment settings. Architecture only: what trains
+    and the loss weights are training policy (``pipelines/train``)."""
 
     encoder: EncoderConfig
     adapter: AdapterConfig
@@ -250,7 +240,6 @@ class VidLLMConfig:
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     distill: DistillationConfig = field(default_factory=DistillationConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
-    freezing: FreezingConfig = field(default_factory=FreezingConfig)
 
     def __post_init__(self) -> None:
         enc_dim = self.encoder.hidden_size
@@ -312,7 +301,13 @@ class VidLLMConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VidLLMConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them.
+
+        Checkpoints written before freezing became training policy carry a ``freezing`` entry (glob patterns per
+        stage); it is dropped here, since what trains is now set by the training config.
+        """
+        if isinstance(data, dict) and "freezing" in data:
+            data = {k: v for k, v in data.items() if k != "freezing"}
         return _from_dict(cls, data, "VidLLMConfig")
 
 

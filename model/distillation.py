@@ -102,6 +102,9 @@ class DistillationProjections(nn.Module):
             if teacher_sem.shape[-1] != self.cfg.teacher_sem_dim:
                 raise ValueError(f"teacher_sem width {teacher_sem.shape[-1]} != config teacher_sem_dim "
                                  f"{self.cfg.teacher_sem_dim}")
-            out.student_sem = self.student_lang(lang.mean(dim=2))
+            # Projected per token (Eq. 7 compares the semantic stream's tokens); the mean of the projected tokens
+            # is the projection of the mean (an affine map), i.e. Pool(T'_lang) of L_lang.
+            out.student_sem_tokens = self.student_lang(lang)
+            out.student_sem = out.student_sem_tokens.mean(dim=2)
             out.teacher_sem = teacher_sem.detach().to(self.teacher_sem_proj.dtype) @ self.teacher_sem_proj
         return out

@@ -11,13 +11,21 @@ Inputs are frames in ``[0, 1]``; ImageNet mean/std normalisation happens here so
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+from transformers import (
+    AutoConfig,
+    Dinov2Config,
+    Dinov2Model,
+    Dinov2WithRegistersConfig,
+    Dinov2WithRegistersModel,
+    PretrainedConfig,
+)
+
+from model.outputs import Output
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -125,7 +133,9 @@ class EncoderConfig:
 
     @classmethod
     def base(cls) -> EncoderConfig:
-        """DINOv2-L/14 as in the paper: hidden 1024, 24 layers, 16 heads, 518 px position grid."""
+        """DINOv2-L/14 with 4 registers, as in the paper and exactly VGGT-1B's patch embed: hidden 1024, 24 layers,
+        16 heads, 518 px position grid. The geometry teacher and the student encoder can therefore start from the
+        same weights (:func:`model.vggt_weights.convert_vggt_encoder`)."""
         return cls(
             dinov2={
                 "hidden_size": 1024,
@@ -135,75 +145,47 @@ class EncoderConfig:
                 "patch_size": 14,
                 "image_size": 518,
                 "layerscale_value": 1.0,
+                "num_register_tokens": 4,
             },
             out_layers=(5, 12, 18, 24),
         )
 
 
-def vggt_patch_embed_to_hf_dinov2(
-    state_dict: Mapping[str, torch.Tensor], prefix: str = "aggregator.patch_embed."
-) -> dict[str, torch.Tensor]:
-    """Convert the DINOv2 inside a VGGT checkpoint (facebookresearch/dinov2 naming) to HF ``Dinov2*Model`` keys.
+_ARCHITECTURE_KEYS = ("model_type", "num_register_tokens", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                      "patch_size", "mlp_ratio")
 
-    The paper's geometry teacher is "the DINO encoder initialised from VGGT"; VGGT-1B stores a DINOv2-L/14 with
-    4 registers under ``aggregator.patch_embed.``. The fused ``attn.qkv`` projection is split into HF's
-    ``q_proj``/``k_proj``/``v_proj`` (rows 0..C-1, C..2C-1, 2C..3C-1). Keys outside ``prefix`` are ignored.
+
+def check_pretrained_architecture(path: str, expected: Dinov2Config | Dinov2WithRegistersConfig) -> None:
+    """Refuse an HF DINOv2 folder whose architecture differs from ``expected``, naming both.
+
+    Checked from the folder's ``config.json`` before any weight is read: transformers would load a plain DINOv2
+    folder into ``Dinov2WithRegistersModel`` (and the reverse) with only a warning, leaving the 4 register tokens
+    at their initial zeros. Used by :class:`Encoder` for ``EncoderConfig.pretrained_path``; the geometry teacher
+    can use it the same way.
 
     Args:
-        state_dict: VGGT (or plain DINOv2 hub, with ``prefix=""``) state dict.
-        prefix: Key prefix of the ViT inside ``state_dict``.
-
-    Returns:
-        State dict for ``Dinov2WithRegistersModel`` (or ``Dinov2Model`` when the source has no registers).
+        path: local HF folder.
+        expected: the configured architecture (``EncoderConfig.hf_config()``).
 
     Raises:
-        ValueError: A key under ``prefix`` has no HF counterpart.
+        OSError: the folder has no readable ``config.json``.
+        ValueError: model type, register tokens, width, depth, heads, patch size or MLP ratio differ.
     """
-    renames = {
-        "cls_token": "embeddings.cls_token",
-        "mask_token": "embeddings.mask_token",
-        "register_tokens": "embeddings.register_tokens",
-        "pos_embed": "embeddings.position_embeddings",
-        "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
-        "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
-        "norm.weight": "layernorm.weight",
-        "norm.bias": "layernorm.bias",
-    }
-    block_renames = {
-        "attn.proj.": "attention.o_proj.",
-        "ls1.gamma": "layer_scale1.lambda1",
-        "ls2.gamma": "layer_scale2.lambda1",
-        "norm1.": "norm1.",
-        "norm2.": "norm2.",
-        "mlp.": "mlp.",
-    }
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        if not key.startswith(prefix):
-            continue
-        name = key[len(prefix) :]
-        if name in renames:
-            out[renames[name]] = value
-            continue
-        parts = name.split(".", 2)
-        if len(parts) != 3 or parts[0] != "blocks" or not parts[1].isdigit():
-            raise ValueError(f"VGGT patch-embed key {key!r} has no HF DINOv2 counterpart")
-        layer, rest = f"encoder.layer.{parts[1]}.", parts[2]
-        if rest.startswith("attn.qkv."):
-            q, k, v = value.chunk(3, dim=0)
-            suffix = rest[len("attn.qkv.") :]
-            for proj, part in (("q_proj", q), ("k_proj", k), ("v_proj", v)):
-                out[f"{layer}attention.{proj}.{suffix}"] = part
-            continue
-        src = next((s for s in block_renames if rest.startswith(s)), None)
-        if src is None:
-            raise ValueError(f"VGGT patch-embed key {key!r} has no HF DINOv2 counterpart")
-        out[layer + block_renames[src] + rest[len(src) :]] = value
-    return out
+    loaded = AutoConfig.from_pretrained(path, local_files_only=True)
+
+    def describe(config: PretrainedConfig) -> str:
+        return (f"{config.model_type} with {getattr(config, 'num_register_tokens', 0)} register tokens, hidden "
+                f"{getattr(config, 'hidden_size', '?')}, {getattr(config, 'num_hidden_layers', '?')} layers, "
+                f"{getattr(config, 'num_attention_heads', '?')} heads, patch {getattr(config, 'patch_size', '?')}")
+
+    differ = [k for k in _ARCHITECTURE_KEYS if getattr(loaded, k, 0) != getattr(expected, k, 0)]
+    if differ:
+        raise ValueError(f"pretrained encoder at {path} is {describe(loaded)}, but the configuration asks for "
+                         f"{describe(expected)} (differs in {', '.join(differ)})")
 
 
 @dataclass
-class EncoderOutput:
+class EncoderOutput(Output):
     """Output of :class:`Encoder`.
 
     Attributes:
@@ -233,20 +215,16 @@ class Encoder(nn.Module):
         if cfg.pretrained_path is None:
             self.backbone = model_cls(hf_config)
         else:
-            self.backbone = model_cls.from_pretrained(cfg.pretrained_path, local_files_only=True)
-            self._check_pretrained_matches(hf_config)
+            check_pretrained_architecture(cfg.pretrained_path, hf_config)
+            self.backbone, info = model_cls.from_pretrained(cfg.pretrained_path, local_files_only=True,
+                                                            output_loading_info=True)
+            if info["missing_keys"] or info["mismatched_keys"]:
+                raise ValueError(f"pretrained encoder at {cfg.pretrained_path} lacks weights of {model_cls.__name__}: "
+                                 f"missing {sorted(info['missing_keys'])[:5]}, "
+                                 f"mismatched {sorted(info['mismatched_keys'])[:5]}")
         self.hidden_size = int(hf_config.hidden_size)
         self.patch_size = int(hf_config.patch_size)
         self.num_prefix_tokens = 1 + cfg.num_register_tokens
-
-    def _check_pretrained_matches(self, expected: Dinov2Config | Dinov2WithRegistersConfig) -> None:
-        loaded = self.backbone.config
-        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "patch_size"):
-            if getattr(loaded, key) != getattr(expected, key):
-                raise ValueError(
-                    f"pretrained encoder at {self.cfg.pretrained_path}: {key}={getattr(loaded, key)} but "
-                    f"EncoderConfig.dinov2 says {getattr(expected, key)}"
-                )
 
     def forward(self, frames: torch.Tensor) -> EncoderOutput:
         """Encode a clip.

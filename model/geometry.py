@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from model.precision import fp32_region
+
 
 def pixel_centres(grid_hw: tuple[int, int], image_hw: tuple[int, int], device=None, dtype=None) -> torch.Tensor:
     """Pixel coordinates of the centres of a ``h x w`` grid of cells tiling an ``H x W`` image.
@@ -48,7 +50,8 @@ def backproject_depth(
         image_hw: ``(H, W)`` of the image the intrinsics refer to.
 
     Returns:
-        ``[B, S, h, w, 3]`` points in the world (first-camera) frame, same unit as ``depth``.
+        ``[B, S, h, w, 3]`` points in the world (first-camera) frame, same unit as ``depth``; computed and returned
+        in fp32 (fp64 for fp64 inputs) whatever the input dtype or autocast state.
     """
     if depth.dim() != 4 or extrinsics.shape[-2:] != (3, 4) or intrinsics.shape[-2:] != (3, 3):
         raise ValueError(
@@ -57,15 +60,16 @@ def backproject_depth(
         )
     b, s, h, w = depth.shape
     dtype = torch.promote_types(depth.dtype, torch.float32)
-    uv = pixel_centres((h, w), image_hw, device=depth.device, dtype=dtype)  # [h, w, 2]
-    homog = torch.cat([uv, torch.ones_like(uv[..., :1])], dim=-1)  # [h, w, 3]
-    k_inv = torch.linalg.inv(intrinsics.to(dtype))  # [B, S, 3, 3]
-    rays = torch.einsum("bsij,hwj->bshwi", k_inv, homog)  # camera-frame rays with z = 1
-    cam = rays * depth.to(dtype).unsqueeze(-1)
-    rot = extrinsics[..., :3].to(dtype)
-    trans = extrinsics[..., 3].to(dtype)
-    # R^T (X_cam - t): the inverse of X_cam = R X_world + t.
-    return torch.einsum("bsji,bshwj->bshwi", rot, cam - trans[:, :, None, None, :])
+    with fp32_region(depth):
+        uv = pixel_centres((h, w), image_hw, device=depth.device, dtype=dtype)  # [h, w, 2]
+        homog = torch.cat([uv, torch.ones_like(uv[..., :1])], dim=-1)  # [h, w, 3]
+        k_inv = torch.linalg.inv(intrinsics.to(dtype))  # [B, S, 3, 3]
+        rays = torch.einsum("bsij,hwj->bshwi", k_inv, homog)  # camera-frame rays with z = 1
+        cam = rays * depth.to(dtype).unsqueeze(-1)
+        rot = extrinsics[..., :3].to(dtype)
+        trans = extrinsics[..., 3].to(dtype)
+        # R^T (X_cam - t): the inverse of X_cam = R X_world + t.
+        return torch.einsum("bsji,bshwj->bshwi", rot, cam - trans[:, :, None, None, :])
 
 
 @dataclass
@@ -73,10 +77,10 @@ class VoxelPoolOutput:
     """Result of :func:`voxel_pool` for a batch, padded to the largest voxel count ``M``.
 
     Attributes:
-        tokens: ``[B, M, C]`` mean token of each kept voxel (zeros in padding).
-        centres: ``[B, M, 3]`` mean point of each kept voxel (world frame, metres; zeros in padding).
+        tokens: ``[B, M, C]`` mean token of each kept voxel (zeros in padding), in the input tokens' dtype.
+        centres: ``[B, M, 3]`` mean point of each kept voxel (world frame, metres; zeros in padding), fp32.
         mask: ``[B, M]`` bool, True for real voxels.
-        counts: ``[B, M]`` number of input tokens averaged into each voxel (0 in padding).
+        counts: ``[B, M]`` fp32 number of input tokens averaged into each voxel (0 in padding).
     """
 
     tokens: torch.Tensor
@@ -96,7 +100,8 @@ def voxel_pool(
     """Average tokens that fall into the same metric voxel (LLaVA-3D style pooling, no ``torch_scatter``).
 
     Voxel index = ``floor(p / voxel_size_m)``; every occupied voxel yields the mean token and the mean point of
-    its members. When more than ``max_tokens`` voxels are occupied, a random subset of ``max_tokens`` voxels is
+    its members. Counts, sums and means are accumulated in fp32 whatever the input dtype (bf16 cannot count past
+    256 and would bias both means); the mean tokens are returned in the tokens' dtype, centres and counts in fp32. When more than ``max_tokens`` voxels are occupied, a random subset of ``max_tokens`` voxels is
     kept (LLaVA-3D caps at 2560); the subset is drawn from ``generator`` (a fixed seed-0 generator when
     ``None``, so inference is deterministic) and kept in voxel order.
 
@@ -119,31 +124,32 @@ def voxel_pool(
         raise ValueError(f"voxel_pool expects tokens [B,N,C] and points [B,N,3]; got {tuple(tokens.shape)}, "
                          f"{tuple(points.shape)}")
     b, _, c = tokens.shape
+    acc = torch.promote_types(torch.promote_types(tokens.dtype, points.dtype), torch.float32)
     finite = torch.isfinite(points).all(dim=-1)
     valid = finite if valid is None else valid & finite
     if generator is None:
         generator = torch.Generator(device="cpu").manual_seed(0)
     per_item = []
     for i in range(b):
-        tok, pts = tokens[i][valid[i]], points[i][valid[i]]
+        tok, pts = tokens[i][valid[i]].to(acc), points[i][valid[i]].to(acc)
         if tok.shape[0] == 0:
             per_item.append((tok.new_zeros(0, c), pts.new_zeros(0, 3), pts.new_zeros(0)))
             continue
         idx = torch.floor(pts.detach() / voxel_size_m).long()
         _, inverse = torch.unique(idx, dim=0, return_inverse=True)
         n_vox = int(inverse.max()) + 1
-        counts = torch.zeros(n_vox, device=tok.device, dtype=tok.dtype).index_add_(
-            0, inverse, torch.ones_like(inverse, dtype=tok.dtype))
+        counts = torch.zeros(n_vox, device=tok.device, dtype=acc).index_add_(
+            0, inverse, torch.ones_like(inverse, dtype=acc))
         mean_tok = tok.new_zeros(n_vox, c).index_add_(0, inverse, tok) / counts[:, None]
-        mean_pts = pts.new_zeros(n_vox, 3).index_add_(0, inverse, pts) / counts[:, None].to(pts.dtype)
+        mean_pts = pts.new_zeros(n_vox, 3).index_add_(0, inverse, pts) / counts[:, None]
         if n_vox > max_tokens:
             keep = torch.randperm(n_vox, generator=generator)[:max_tokens].sort().values.to(tok.device)
             mean_tok, mean_pts, counts = mean_tok[keep], mean_pts[keep], counts[keep]
         per_item.append((mean_tok, mean_pts, counts))
     m = max(1, max(item[0].shape[0] for item in per_item))
     out_tok = tokens.new_zeros(b, m, c)
-    out_pts = points.new_zeros(b, m, 3)
-    out_cnt = tokens.new_zeros(b, m)
+    out_pts = points.new_zeros(b, m, 3, dtype=acc)
+    out_cnt = tokens.new_zeros(b, m, dtype=acc)
     mask = torch.zeros(b, m, dtype=torch.bool, device=tokens.device)
     for i, (tok, pts, cnt) in enumerate(per_item):
         n = tok.shape[0]

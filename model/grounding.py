@@ -19,6 +19,7 @@ from torch import nn
 
 from model.config import GroundingConfig
 from model.outputs import GroundingOutput
+from model.precision import fp32_region
 
 
 class _QueryLayer(nn.Module):
@@ -80,10 +81,11 @@ class BoxHead(nn.Module):
             centres: ``[B, M, 3]`` voxel centres, metres, first-camera frame.
 
         Returns:
-            :class:`GroundingOutput` with boxes ``[B, Q, 6]`` and *logit* scores ``[B, Q]`` (apply ``sigmoid``
-            for probabilities; the loss uses logits).
+            :class:`GroundingOutput` with fp32 boxes ``[B, Q, 6]`` and fp32 *logit* scores ``[B, Q]`` (apply
+            ``sigmoid`` for probabilities; the loss uses logits).
         """
         dtype = self.queries.dtype
+        metric_centres = centres.float()
         loc_hidden, scene_tokens, centres = loc_hidden.to(dtype), scene_tokens.to(dtype), centres.to(dtype)
         b = loc_hidden.shape[0]
         # A row without any real voxel attends to its (zero) padding instead of producing NaN.
@@ -94,9 +96,12 @@ class BoxHead(nn.Module):
             q = layer(q, keys, pad)
         q = self.norm(q)
         logits = torch.einsum("bqd,bmd->bqm", self.anchor_q(q), self.anchor_k(keys)) / math.sqrt(q.shape[-1])
-        weights = logits.masked_fill(pad[:, None], float("-inf")).softmax(dim=-1)
-        anchor = torch.einsum("bqm,bmk->bqk", weights, centres)
         raw = self.box(q)
-        centre = anchor + raw[..., :3]
-        size = F.softplus(raw[..., 3:]) + self.cfg.min_size_m
-        return GroundingOutput(boxes=torch.cat([centre, size], dim=-1), scores=self.score(q).squeeze(-1))
+        # Boxes are geometry: anchors, offsets and sizes in fp32 whatever the compute dtype (model.precision).
+        with fp32_region(raw):
+            weights = logits.float().masked_fill(pad[:, None], float("-inf")).softmax(dim=-1)
+            anchor = torch.einsum("bqm,bmk->bqk", weights, metric_centres)
+            raw = raw.float()
+            centre = anchor + raw[..., :3]
+            size = F.softplus(raw[..., 3:]) + self.cfg.min_size_m
+        return GroundingOutput(boxes=torch.cat([centre, size], dim=-1), scores=self.score(q).squeeze(-1).float())

@@ -14,9 +14,21 @@ Token layout conventions used throughout ``model/``:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+def maybe_checkpoint(module: nn.Module, enabled: bool, fn: Callable[..., torch.Tensor], *args) -> torch.Tensor:
+    """``fn(*args)``; with activation checkpointing on (``enabled``, ``module`` in training mode, grad enabled) its
+    activations are not stored but recomputed in the backward pass (non-reentrant, RNG and autocast state
+    restored, so values and gradients are identical; inputs need not require grad)."""
+    if enabled and module.training and torch.is_grad_enabled():
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
 
 
 class LayerScale(nn.Module):

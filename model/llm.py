@@ -38,11 +38,18 @@ def build_llm(cfg: LLMConfig) -> PreTrainedModel:
     return model
 
 
-def llm_config_from_checkpoint(path: str, tokenizer_path: str | None = None) -> LLMConfig:
+def llm_config_from_checkpoint(path: str, tokenizer_path: str | None = None,
+                               use_chat_template: bool = False) -> LLMConfig:
     """An :class:`LLMConfig` for a local HF checkpoint: its architecture, plus the task tokens' ids.
 
     Reads the checkpoint's config and tokenizer (adds ``<scene>``/``<loc>``), so that ``arch`` is complete and
-    a Vid-LLM checkpoint saved later rebuilds the LM without the original directory.
+    a Vid-LLM checkpoint saved later rebuilds the LM without the original directory. ``vocab_size`` grows to
+    hold the two new tokens; :func:`build_llm` resizes the embeddings to it.
+
+    Args:
+        path: local directory of the HF causal LM (e.g. SmolLM2-135M-Instruct).
+        tokenizer_path: local directory of its tokenizer (default: ``path``).
+        use_chat_template: see :attr:`LLMConfig.use_chat_template` (checked against the tokenizer).
     """
     from model.tokenizer import LOC_TOKEN, SCENE_TOKEN, load_pretrained_tokenizer
 
@@ -62,6 +69,7 @@ def llm_config_from_checkpoint(path: str, tokenizer_path: str | None = None) -> 
         eos_token_id=tok.eos_token_id,
         pretrained_path=path,
         tokenizer_path=tok_path,
+        use_chat_template=use_chat_template,
     )
 
 

@@ -1,13 +1,16 @@
 """Vid-LLM losses: pure functions plus the :class:`MultitaskLoss` combiner (weights from :class:`LossWeights`).
 
 Stage 1 (paper §3.4): ``L_distill = L_geo + L_lang + λ L_sc``.
-Stage 2: ``L_joint = L_recon (camera + depth, VGGT) + L_VL (LM cross-entropy + box) + L_MD (Eq. 9)``.
+Stage 2: ``L_joint = L_recon (camera + depth + point map, VGGT) + L_VL (LM cross-entropy + box) + L_MD (Eq. 9)``.
 
 Every loss is zero (or at its minimum) at the ground truth and finite (zero) when its mask is empty.
 
-Scale: the reconstruction branch predicts geometry in VGGT's normalised scale, so its camera and depth targets
-are divided by the GT scene scale (mean distance of valid GT points from the first camera, VGGT's
+Scale: the reconstruction branch predicts geometry in VGGT's normalised scale, so its camera, depth and point
+targets are divided by the GT scene scale (mean distance of valid GT points from the first camera, VGGT's
 normalisation); the metric-depth model and the grounding head are supervised in metres.
+
+Precision: every loss upcasts predictions and targets to fp32 and computes geometry (GT points, scene scale, pose
+encodings) with autocast off (:mod:`model.precision`), so a bf16 run optimises the same objective as an fp32 one.
 
 Matching: box targets are assigned to queries with the Hungarian algorithm from
 ``scipy.optimize.linear_sum_assignment`` on a detached CPU cost matrix. It lives here, outside ``nn.Module``
@@ -25,6 +28,7 @@ from model.config import LossWeights
 from model.geometry import backproject_depth
 from model.outputs import VidLLMOutput
 from model.pose_encoding import extrinsics_intrinsics_to_pose_encoding
+from model.precision import fp32_region
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -49,27 +53,65 @@ def lang_distill_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Ten
     return (1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
 
 
-def gram_tokens(geo: torch.Tensor | None, sem: torch.Tensor | None) -> torch.Tensor:
-    """``Z = [Norm(geo tokens); Norm(pooled sem)]`` per frame: ``[B, S, Pt, D]`` and ``[B, S, D]`` ->
-    ``[B*S, M, D]`` with ``M = Pt + 1`` (either part may be absent)."""
-    parts = []
-    if geo is not None:
-        parts.append(F.normalize(geo.float(), dim=-1).flatten(0, 1))
-    if sem is not None:
-        parts.append(F.normalize(sem.float(), dim=-1).flatten(0, 1)[:, None])
-    if not parts:
-        raise ValueError("gram_tokens needs geometry tokens, semantic features or both")
-    return torch.cat(parts, dim=1)
+def structural_consistency_loss(
+    student_geo: torch.Tensor | None,
+    teacher_geo: torch.Tensor | None,
+    student_sem: torch.Tensor | None = None,
+    teacher_sem: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Paper Eq. 7, ``L_sc = (1/M²) ||S_stu - S_tea||_F²`` with ``S = Z Zᵀ``, ``Z = [Norm(T'_geom); Norm(T'_lang)]``,
+    per frame, averaged over frames.
 
+    **Student side**, as the equation writes it: ``Z_stu`` stacks the ``Pt`` geometry tokens (resampled to the
+    teacher grid) and the ``P`` *tokens* of the semantic stream, each L2-normalised: ``M = Pt + P`` rows.
 
-def structural_consistency_loss(student_z: torch.Tensor, teacher_z: torch.Tensor) -> torch.Tensor:
-    """``(1/M²) ||Z_s Z_sᵀ - Z_t Z_tᵀ||_F²`` averaged over frames; ``Z``: ``[N, M, D]``."""
-    if student_z.numel() == 0:
-        return student_z.sum()
-    m = student_z.shape[1]
-    gram_s = student_z @ student_z.transpose(1, 2)
-    gram_t = teacher_z @ teacher_z.transpose(1, 2)
-    return (gram_s - gram_t).pow(2).sum(dim=(1, 2)).mean() / (m * m)
+    **Teacher side.** The geometry teacher gives ``Pt`` patch tokens, the rows of ``Norm(T^geo_tea)``. The semantic
+    teacher (CLIP) gives only one pooled feature per frame, so where the teacher is pooled its pooled feature
+    stands in for every semantic token: each of the ``P`` semantic rows of ``Z_tea`` is ``Norm(Pool(T^lang_tea))``
+    (the same vector ``L_lang`` uses). ``S_tea = Z_tea Z_teaᵀ`` then has three blocks:
+
+    * geometry x geometry (``Pt x Pt``): the teacher's patch similarities, compared entry by entry;
+    * geometry x semantic (``Pt x P``, and its transpose): ``cos(t_i, t̄)``, how each geometry patch relates to the
+      frame's global semantics, the target for ``cos(g_i, l_k)`` of *every* student semantic token ``k``;
+    * semantic x semantic (``P x P``): identically 1 (a repeated unit vector). It carries no information about the
+      teacher, and matching it would pull every semantic token of a frame onto one direction (token collapse,
+      destroying the per-patch semantics the 3D-VL branch lifts into 3D). This block is left out.
+
+    The loss is therefore ``||W ⊙ (S_stu - S_tea)||_F² / sum(W)`` with ``W`` zero on the semantic x semantic
+    block and one elsewhere; ``sum(W) = Pt² + 2 Pt P`` replaces the paper's ``M²`` so the value is a mean squared
+    difference per compared entry. The two informative blocks are computed directly (``Pt x Pt`` and ``Pt x P``
+    matrices); the ``M x M`` Gram matrix is never materialised. With geometry tokens only (no semantic teacher)
+    this is the plain ``Pt x Pt`` Gram loss. Without geometry tokens no teacher similarity is defined and the loss
+    is 0.
+
+    Args:
+        student_geo: ``[B, S, Pt, D]`` projected student geometry tokens on the teacher grid, or ``None``.
+        teacher_geo: ``[B, S, Pt, D]`` projected geometry-teacher tokens (``None`` with ``student_geo``).
+        student_sem: ``[B, S, P, D]`` projected student semantic tokens, or ``None``.
+        teacher_sem: ``[B, S, D]`` projected pooled semantic-teacher feature (``None`` with ``student_sem``).
+
+    Returns:
+        Scalar fp32 loss, 0 when the student and teacher similarity structures agree.
+    """
+    if student_geo is None:
+        if student_sem is None:
+            raise ValueError("structural_consistency_loss needs geometry tokens, semantic tokens or both")
+        return student_sem.sum() * 0.0
+    g_s = F.normalize(student_geo.float(), dim=-1).flatten(0, 1)  # [N, Pt, D]
+    g_t = F.normalize(teacher_geo.float(), dim=-1).flatten(0, 1)
+    if g_s.numel() == 0:
+        return g_s.sum()
+    pt = g_s.shape[1]
+    squared = (g_s @ g_s.transpose(1, 2) - g_t @ g_t.transpose(1, 2)).pow(2).sum(dim=(1, 2))
+    entries = pt * pt
+    if student_sem is not None:
+        l_s = F.normalize(student_sem.float(), dim=-1).flatten(0, 1)  # [N, P, D]
+        t_bar = F.normalize(teacher_sem.float(), dim=-1).flatten(0, 1)  # [N, D]
+        cross_s = g_s @ l_s.transpose(1, 2)  # [N, Pt, P]
+        cross_t = (g_t @ t_bar[..., None])  # [N, Pt, 1]: the same for every semantic token
+        squared = squared + 2 * (cross_s - cross_t).pow(2).sum(dim=(1, 2))  # both off-diagonal blocks
+        entries += 2 * pt * l_s.shape[1]
+    return (squared / entries).mean()
 
 
 # ---------------------------------------------------------------- Stage 2: reconstruction
@@ -123,11 +165,43 @@ def depth_loss(
     err = pred.float() - gt.float()
     conf = conf.float()
     main = _masked_mean(err.abs() * conf - alpha * torch.log(conf), valid)
+    return main + grad_weight * _gradient_term(err[..., None], valid)
+
+
+def _gradient_term(err: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean L1 of horizontal plus vertical finite differences of ``err`` ``[B, S, H, W, C]`` (averaged over the
+    C channels) over pairs of valid neighbours ``[B, S, H, W]``."""
     gx_mask = valid[..., :, 1:] & valid[..., :, :-1]
     gy_mask = valid[..., 1:, :] & valid[..., :-1, :]
-    gx = _masked_mean((err[..., :, 1:] - err[..., :, :-1]).abs(), gx_mask)
-    gy = _masked_mean((err[..., 1:, :] - err[..., :-1, :]).abs(), gy_mask)
-    return main + grad_weight * (gx + gy)
+    gx = _masked_mean((err[..., :, 1:, :] - err[..., :, :-1, :]).abs().mean(dim=-1), gx_mask)
+    gy = _masked_mean((err[..., 1:, :, :] - err[..., :-1, :, :]).abs().mean(dim=-1), gy_mask)
+    return gx + gy
+
+
+def point_loss(
+    pred: torch.Tensor,
+    conf: torch.Tensor,
+    gt: torch.Tensor,
+    valid: torch.Tensor,
+    alpha: float = 0.2,
+    grad_weight: float = 1.0,
+) -> torch.Tensor:
+    """VGGT's confidence-weighted point-map loss (``regression_loss`` in its ``training/loss.py``).
+
+    ``mean(||p - p*|| c - α log c)`` over valid pixels, with ``||.||`` the Euclidean distance of the 3D error,
+    plus a gradient term: the L1 of horizontal/vertical finite differences of ``p - p*`` over valid neighbour
+    pairs (averaged over x, y, z; penalises wrong local shape, not offsets). Zero at ``p = p*`` with ``c = 1``.
+
+    Args:
+        pred: ``[B, S, H, W, 3]`` predicted world points (first-camera frame, normalised scale).
+        conf: ``[B, S, H, W]`` confidence (>= 1).
+        gt: ``[B, S, H, W, 3]`` GT world points in the same frame and scale.
+        valid: ``[B, S, H, W]`` bool.
+    """
+    err = pred.float() - gt.float()
+    conf = conf.float()
+    main = _masked_mean(err.norm(dim=-1) * conf - alpha * torch.log(conf), valid)
+    return main + grad_weight * _gradient_term(err, valid)
 
 
 def metric_depth_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, alpha: float = 0.5,
@@ -253,25 +327,27 @@ def gt_scene_scale(depth: torch.Tensor, extrinsics: torch.Tensor, intrinsics: to
 
     Falls back to the mean camera-centre distance, then 1, for clips without valid depth.
     """
-    points = backproject_depth(depth, extrinsics, intrinsics, image_hw)
-    valid = (depth > 0).float()
-    dist = points.norm(dim=-1)
-    scale = (dist * valid).flatten(1).sum(dim=1) / valid.flatten(1).sum(dim=1).clamp(min=1)
-    rot, trans = extrinsics[..., :3], extrinsics[..., 3]
-    centres = -(rot.transpose(-1, -2) @ trans[..., None]).squeeze(-1)
-    cam_scale = centres.norm(dim=-1).mean(dim=1)
-    scale = torch.where(scale > 0, scale, cam_scale)
-    return torch.where(scale > 0, scale, torch.ones_like(scale))
+    depth, extrinsics, intrinsics = depth.float(), extrinsics.float(), intrinsics.float()
+    with fp32_region(depth):
+        points = backproject_depth(depth, extrinsics, intrinsics, image_hw)
+        valid = (depth > 0).float()
+        dist = points.norm(dim=-1)
+        scale = (dist * valid).flatten(1).sum(dim=1) / valid.flatten(1).sum(dim=1).clamp(min=1)
+        rot, trans = extrinsics[..., :3], extrinsics[..., 3]
+        centres = -(rot.transpose(-1, -2) @ trans[..., None]).squeeze(-1)
+        cam_scale = centres.norm(dim=-1).mean(dim=1)
+        scale = torch.where(scale > 0, scale, cam_scale)
+        return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 class MultitaskLoss:
     """Weighted sum of the losses whose weight is > 0 and whose targets are in the batch.
 
     Args:
-        weights: :class:`LossWeights` (``LossWeights.stage1()`` / ``.stage2()``).
+        weights: :class:`LossWeights` (the training stages set theirs in ``pipelines/train/config.py``).
 
     Call: ``loss(output, batch) -> (total, terms)`` where ``terms`` maps each computed loss name (``geo``,
-    ``lang``, ``sc``, ``camera``, ``depth``, ``metric_depth``, ``lm``, ``box`` and the box parts) to its
+    ``lang``, ``sc``, ``camera``, ``depth``, ``point``, ``metric_depth``, ``lm``, ``box`` and the box parts) to its
     *unweighted, detached* value for logging; ``total`` carries the graph.
     """
 
@@ -293,30 +369,37 @@ class MultitaskLoss:
                 add("geo", w.geo, geo_distill_loss(d.student_geo, d.teacher_geo))
             if w.lang > 0 and d.student_sem is not None:
                 add("lang", w.lang, lang_distill_loss(d.student_sem, d.teacher_sem))
-            if w.sc > 0 and (d.student_geo is not None or d.student_sem is not None):
-                add("sc", w.sc, structural_consistency_loss(gram_tokens(d.student_geo, d.student_sem),
-                                                            gram_tokens(d.teacher_geo, d.teacher_sem)))
+            if w.sc > 0 and (d.student_geo is not None or d.student_sem_tokens is not None):
+                add("sc", w.sc, structural_consistency_loss(d.student_geo, d.teacher_geo, d.student_sem_tokens,
+                                                            d.teacher_sem))
         rec = output.reconstruction
         has_cam = batch.extrinsics is not None and batch.intrinsics is not None
-        if rec is not None and has_cam and (w.camera > 0 or w.depth > 0):
+        if rec is not None and has_cam and (w.camera > 0 or w.depth > 0 or w.point > 0):
             if batch.depth is not None:
                 scale = gt_scene_scale(batch.depth, batch.extrinsics, batch.intrinsics, output.image_hw)
             else:
                 scale = torch.ones(batch.frames.shape[0], device=batch.frames.device)
             if w.camera > 0:
-                gt_extr = batch.extrinsics.clone()
+                gt_extr = batch.extrinsics.float().clone()
                 gt_extr[..., 3] = gt_extr[..., 3] / scale[:, None, None]
-                gt_enc = extrinsics_intrinsics_to_pose_encoding(gt_extr, batch.intrinsics, output.image_hw)
+                gt_enc = extrinsics_intrinsics_to_pose_encoding(gt_extr, batch.intrinsics.float(), output.image_hw)
                 add("camera", w.camera, camera_loss(rec.pose_enc_list, gt_enc, w.camera_gamma,
                                                     w.camera_weight_trans, w.camera_weight_rot,
                                                     w.camera_weight_fov))
             if w.depth > 0 and batch.depth is not None:
-                gt = batch.depth / scale[:, None, None, None]
+                gt = batch.depth.float() / scale[:, None, None, None]
                 add("depth", w.depth, depth_loss(rec.depth, rec.depth_conf, gt, batch.depth > 0, w.depth_alpha,
                                                  w.depth_grad_weight))
+            if w.point > 0 and batch.depth is not None and rec.world_points is not None:
+                with fp32_region(rec.world_points):
+                    gt_points = backproject_depth(batch.depth.float(), batch.extrinsics.float(),
+                                                  batch.intrinsics.float(), output.image_hw)
+                gt_points = gt_points / scale[:, None, None, None, None]
+                add("point", w.point, point_loss(rec.world_points, rec.world_points_conf, gt_points,
+                                                 batch.depth > 0, w.point_alpha, w.point_grad_weight))
         md = output.metric_depth
         if md is not None and w.metric_depth > 0 and batch.depth is not None:
-            gt = batch.depth
+            gt = batch.depth.float()
             if gt.shape[-2:] != md.depth.shape[-2:]:
                 gt = F.interpolate(gt.flatten(0, 1)[:, None], size=md.depth.shape[-2:], mode="nearest")
                 gt = gt[:, 0].reshape(*batch.depth.shape[:2], *md.depth.shape[-2:])

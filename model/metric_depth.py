@@ -15,6 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.heads.dpt import DPTHead
+from model.layers import maybe_checkpoint
+from model.outputs import Output
+from model.precision import fp32_region
 
 Normalization = Literal["log_binomial", "softmax"]
 _NORMALIZATIONS = ("log_binomial", "softmax")
@@ -117,8 +120,10 @@ class MetricDepthConfig:
 
 
 @dataclass
-class MetricDepthOutput:
+class MetricDepthOutput(Output):
     """Output of :class:`MetricDepthModel`.
+
+    Every field is fp32 whatever the compute dtype (:mod:`model.precision`).
 
     Attributes:
         depth: ``[B, S, H, W]`` metric z-depth in metres, within ``[min_depth_m, max_depth_m]``.
@@ -154,6 +159,9 @@ def log_binomial_probs(q: torch.Tensor, temperature: torch.Tensor, num_bins: int
 class MetricDepthModel(nn.Module):
     """DPT decoder + metric bins head.
 
+    ``gradient_checkpointing`` (off by default; a run-time switch) recomputes the decoder and bin heads of each
+    frame chunk in the backward pass instead of storing their full-resolution activations.
+
     Args:
         cfg: Metric depth configuration.
     """
@@ -161,6 +169,7 @@ class MetricDepthModel(nn.Module):
     def __init__(self, cfg: MetricDepthConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.gradient_checkpointing = False
         self.decoder = DPTHead(cfg.dim, cfg.patch_size, (0, 1, 2, 3), cfg.features, cfg.out_channels,
                                feature_only=True)  # fmt: skip
         num_prob_channels = 2 if cfg.normalization == "log_binomial" else cfg.num_bins
@@ -209,15 +218,19 @@ class MetricDepthModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Frames ``[N, P, C]`` x 4 -> depth ``[N, 1, H, W]``, centres and probabilities ``[N, K, h_d, w_d]``."""
         features = self.decoder(maps, grid, dec_hw)  # [N, F, h_d, w_d]
-        probs = self._probabilities(self.prob_head(features))
-        shift = torch.tanh(self.offset_head(features))
-        base = self.base_bin_centers(features.device)
-        room_below, room_above = (r.view(1, -1, 1, 1) for r in self._bin_room(base))
-        offsets = torch.where(shift >= 0, shift * room_above, shift * room_below)
-        centers = (base.view(1, -1, 1, 1) + offsets).to(features.dtype)
-        depth = (probs * centers).sum(dim=1, keepdim=True)
-        if dec_hw != out_hw:
-            depth = F.interpolate(depth, size=out_hw, mode="bilinear", align_corners=False)
+        raw_probs, raw_offsets = self.prob_head(features), self.offset_head(features)
+        # Bin probabilities, centres and their expectation in fp32 whatever the compute dtype (model.precision):
+        # a bf16 softmax over 64 bins and a bf16 64-term sum would cost ~1 % of the depth.
+        with fp32_region(features):
+            probs = self._probabilities(raw_probs.float())
+            shift = torch.tanh(raw_offsets.float())
+            base = self.base_bin_centers(features.device)
+            room_below, room_above = (r.view(1, -1, 1, 1) for r in self._bin_room(base))
+            offsets = torch.where(shift >= 0, shift * room_above, shift * room_below)
+            centers = base.view(1, -1, 1, 1) + offsets
+            depth = (probs * centers).sum(dim=1, keepdim=True)
+            if dec_hw != out_hw:
+                depth = F.interpolate(depth, size=out_hw, mode="bilinear", align_corners=False)
         # Rounding in the sum or interpolation may step a hair outside the range; the range is a hard guarantee.
         return depth.clamp(self.cfg.min_depth_m, self.cfg.max_depth_m), centers, probs
 
@@ -247,7 +260,11 @@ class MetricDepthModel(nn.Module):
         dec_hw = (max(1, height // self.cfg.down_ratio), max(1, width // self.cfg.down_ratio))
         maps = [t.reshape(b * s, p, c) for t in layer_tokens]
         chunk = self.cfg.frames_chunk_size or b * s
-        parts = [self._decode([m[i : i + chunk] for m in maps], grid, dec_hw, (height, width))
+
+        def decode(*chunk_maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            return self._decode(list(chunk_maps), grid, dec_hw, (height, width))
+
+        parts = [maybe_checkpoint(self, self.gradient_checkpointing, decode, *(m[i : i + chunk] for m in maps))
                  for i in range(0, b * s, chunk)]  # fmt: skip
         depth, centers, probs = (torch.cat(items) for items in zip(*parts, strict=True))
         k = self.cfg.num_bins

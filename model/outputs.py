@@ -1,4 +1,12 @@
-"""Typed outputs of Vid-LLM (shapes, units and frames documented per field)."""
+"""Typed outputs of Vid-LLM (shapes, units and frames documented per field).
+
+Every output, of the whole model and of each component (encoder, adapter, reconstruction branch, metric depth,
+3D-VL branch, box head), is a :class:`Output`, i.e. a ``transformers.utils.ModelOutput``: a dataclass that is also
+a dict of its non-``None`` fields. Code that walks module outputs through dicts, lists and tuples sees every
+tensor, which is what DeepSpeed ZeRO-3 needs to hook each sub-module (gather its parameters before its forward,
+release them after, and again around its backward) instead of treating the whole model as one leaf. Attribute
+access, ``dataclasses.fields``/``replace`` and pickling work as for plain dataclasses.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from transformers.utils import ModelOutput
 
 if TYPE_CHECKING:
     from model.adapter import AdapterOutput
@@ -15,7 +24,24 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class SceneEncoding:
+class Output(ModelOutput):
+    """Base of every Vid-LLM output.
+
+    ``ModelOutput.__post_init__`` treats a dict-valued first field as a list of key/value pairs when every other
+    field is ``None`` (it would turn ``VidLLMOutput(adapter=AdapterOutput(...), ...)`` inside out, since an
+    ``AdapterOutput`` is itself a dict). This ``__post_init__`` instead keeps every field as given and mirrors the
+    non-``None`` ones into the dict.
+    """
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                self[f.name] = value
+
+
+@dataclass
+class SceneEncoding(Output):
     """Everything the LLM needs about a clip; what the serving cache keeps per scene.
 
     Attributes:
@@ -36,16 +62,13 @@ class SceneEncoding:
     intrinsics: torch.Tensor
     scale: torch.Tensor
 
-    def to(self, device: torch.device | str) -> SceneEncoding:
-        return SceneEncoding(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
-
     def select(self, index: torch.Tensor | list[int]) -> SceneEncoding:
         """Rows ``index`` of every field (e.g. to repeat one scene for several prompts)."""
         return SceneEncoding(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
 
 
 @dataclass
-class GroundingOutput:
+class GroundingOutput(Output):
     """Box predictions for one ``<loc>`` per batch item.
 
     Attributes:
@@ -61,33 +84,35 @@ class GroundingOutput:
 
 
 @dataclass
-class DistillFeatures:
+class DistillFeatures(Output):
     """Stage-1 features in the common distillation space (per frame).
 
     Attributes:
         student_geo: ``[B, S, Pt, Dd]`` projected student geometry tokens resampled to the teacher grid.
         teacher_geo: ``[B, S, Pt, Dd]`` projected teacher patch tokens (no gradient).
-        student_sem: ``[B, S, Dd]`` projected mean-pooled student semantic tokens.
+        student_sem: ``[B, S, Dd]`` projected mean-pooled student semantic tokens (``L_lang``).
+        student_sem_tokens: ``[B, S, P, Dd]`` projected student semantic tokens (``L_sc``, Eq. 7).
         teacher_sem: ``[B, S, Dd]`` projected teacher pooled features (no gradient).
     """
 
     student_geo: torch.Tensor | None = None
     teacher_geo: torch.Tensor | None = None
     student_sem: torch.Tensor | None = None
+    student_sem_tokens: torch.Tensor | None = None
     teacher_sem: torch.Tensor | None = None
 
 
 @dataclass
-class VidLLMOutput:
+class VidLLMOutput(Output):
     """Output of :meth:`model.vidllm.VidLLM.forward`; branches that did not run are ``None``.
 
     Attributes:
-        adapter: C's ``AdapterOutput`` (geom/lang ``[B, S, P, C]``, bridge ``[B, K, C]``).
+        adapter: :class:`model.adapter.AdapterOutput` (geom/lang ``[B, S, P, C]``, bridge ``[B, K, C]``).
         grid: ``(h, w)`` patch grid.
         image_hw: ``(H, W)`` frame size in pixels.
-        reconstruction: C's ``ReconstructionOutput`` (relative scale: pose_enc, extrinsics, intrinsics, depth,
-            depth_conf, pose_enc_list).
-        metric_depth: C's ``MetricDepthOutput`` (depth in metres).
+        reconstruction: :class:`model.reconstruction.ReconstructionOutput` (relative scale: pose_enc,
+            extrinsics, intrinsics, depth, depth_conf, pose_enc_list).
+        metric_depth: :class:`model.metric_depth.MetricDepthOutput` (depth in metres).
         scene: :class:`SceneEncoding` (metric geometry and LLM scene tokens).
         distill: :class:`DistillFeatures` when teacher targets were given.
         lm_logits: ``[B, L', V]`` logits over the spliced sequence (``L' = L - 1 + M`` before padding).

@@ -13,22 +13,26 @@ an arbitrary, clip-consistent unit (metric scale comes from :mod:`model.scale_al
 predicted extrinsics are learned to be the identity (the training targets are expressed in that frame) but are not
 forced to be by construction.
 
-VGGT-1B weights load through :func:`vggt_state_dict_to_ours` (documented in ``docs/vggt_key_mapping.md``).
+VGGT-1B weights load through ``ReconstructionConfig.init_checkpoint`` or :meth:`ReconstructionBranch.load_vggt`
+(key mapping in :mod:`model.vggt_weights`, documented in ``docs/vggt_key_mapping.md``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from model.heads.camera import CameraHead
 from model.heads.dpt import DPTHead
-from model.layers import Block, RotaryPositionEmbedding2D, patch_positions
+from model.layers import Block, RotaryPositionEmbedding2D, maybe_checkpoint, patch_positions
+from model.outputs import Output
 from model.pose_encoding import pose_encoding_to_extrinsics_intrinsics
+from model.precision import fp32_region
+from model.vggt_weights import read_vggt_checkpoint, vggt_state_dict_to_ours
 
 
 @dataclass
@@ -37,7 +41,7 @@ class ReconstructionConfig:
 
     Attributes:
         dim: Token width ``C`` of the geometric stream (must equal the encoder/adapter width).
-        depth: Number of (frame block, global block) pairs.
+        num_layers: Number of (frame block, global block) pairs.
         num_heads: Heads of the alternating-attention blocks.
         mlp_ratio: MLP ratio of the alternating-attention blocks.
         num_register_tokens: Register tokens per frame.
@@ -45,19 +49,23 @@ class ReconstructionConfig:
         rope_frequency: 2D RoPE base frequency; 0 disables RoPE.
         init_values: LayerScale init of all blocks.
         patch_size: Pixels per patch side (maps the patch grid to the image size).
-        camera_trunk_depth: Transformer blocks of the camera head trunk.
+        camera_num_layers: Transformer blocks of the camera head trunk.
         camera_num_heads: Heads of the camera head trunk (over ``2 * dim`` channels).
         num_camera_iterations: Pose refinement iterations (length of ``pose_enc_list``).
         dpt_features: Fusion width of the depth DPT head.
         dpt_out_channels: Reassembly widths of the four DPT levels.
         dpt_layer_indices: 0-based alternating-attention layers feeding the DPT head (VGGT: 4, 11, 17, 23).
-        frames_chunk_size: Frames decoded by the DPT head at once (bounds peak memory; 0 = all at once).
-        gradient_checkpointing: Recompute each alternating-attention block in the backward pass instead of storing
-            its activations (training-time memory for 24 layers x 32 frames; no effect in eval or without grad).
+        frames_chunk_size: Frames decoded by the DPT heads at once (bounds peak memory; 0 = all at once).
+        enable_point_head: Build VGGT's point-map head (a second DPT head: world points + confidence). The paper's
+            ``L_recon`` is VGGT's camera, depth and point-map losses; VGGT-1B checkpoints carry its weights.
+        init_checkpoint: Local path of a VGGT-format checkpoint (``facebook/VGGT-1B``'s ``model.pt`` or the same
+            state dict as safetensors) loaded into the branch at construction; every branch parameter must be in
+            it. ``None`` = random init. Remote URIs are the pipelines' to download; a checkpoint's stored config
+            clears this field (its weights hold the branch).
     """
 
     dim: int = 1024
-    depth: int = 24
+    num_layers: int = 24
     num_heads: int = 16
     mlp_ratio: float = 4.0
     num_register_tokens: int = 4
@@ -65,19 +73,20 @@ class ReconstructionConfig:
     rope_frequency: float = 100.0
     init_values: float = 0.01
     patch_size: int = 14
-    camera_trunk_depth: int = 4
+    camera_num_layers: int = 4
     camera_num_heads: int = 16
     num_camera_iterations: int = 4
     dpt_features: int = 256
     dpt_out_channels: tuple[int, int, int, int] = (256, 512, 1024, 1024)
     dpt_layer_indices: tuple[int, int, int, int] = (4, 11, 17, 23)
     frames_chunk_size: int = 8
-    gradient_checkpointing: bool = False
+    enable_point_head: bool = True
+    init_checkpoint: str | None = None
 
     def __post_init__(self) -> None:
         self.dpt_out_channels = tuple(int(c) for c in self.dpt_out_channels)
         self.dpt_layer_indices = tuple(int(i) for i in self.dpt_layer_indices)
-        positive = ("dim", "depth", "num_heads", "patch_size", "camera_trunk_depth", "camera_num_heads",
+        positive = ("dim", "num_layers", "num_heads", "patch_size", "camera_num_layers", "camera_num_heads",
                     "num_camera_iterations", "dpt_features")  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
@@ -102,23 +111,25 @@ class ReconstructionConfig:
             raise ValueError(
                 f"ReconstructionConfig.dpt_out_channels must be 4 positive ints, got {self.dpt_out_channels}"
             )
-        if len(self.dpt_layer_indices) != 4 or not all(0 <= i < self.depth for i in self.dpt_layer_indices):
+        if len(self.dpt_layer_indices) != 4 or not all(0 <= i < self.num_layers for i in self.dpt_layer_indices):
             raise ValueError(
-                f"ReconstructionConfig.dpt_layer_indices must be 4 indices in [0, {self.depth}), "
+                f"ReconstructionConfig.dpt_layer_indices must be 4 indices in [0, {self.num_layers}), "
                 f"got {self.dpt_layer_indices}"
             )
+        if self.init_checkpoint is not None and not str(self.init_checkpoint).strip():
+            raise ValueError("ReconstructionConfig.init_checkpoint must be None or a local file path")
 
     @classmethod
     def tiny(cls) -> ReconstructionConfig:
         """Two alternating layers, 32 channels: a CPU-test model (matches ``EncoderConfig.tiny``)."""
-        return cls(dim=32, depth=2, num_heads=2, num_register_tokens=2, camera_trunk_depth=1, camera_num_heads=2,
+        return cls(dim=32, num_layers=2, num_heads=2, num_register_tokens=2, camera_num_layers=1, camera_num_heads=2,
                    num_camera_iterations=2, dpt_features=16, dpt_out_channels=(8, 16, 32, 32),
                    dpt_layer_indices=(0, 0, 1, 1), frames_chunk_size=0)  # fmt: skip
 
     @classmethod
     def small(cls) -> ReconstructionConfig:
         """12 alternating layers over DINOv2-S width (384)."""
-        return cls(dim=384, depth=12, num_heads=6, camera_trunk_depth=2, camera_num_heads=6, dpt_features=128,
+        return cls(dim=384, num_layers=12, num_heads=6, camera_num_layers=2, camera_num_heads=6, dpt_features=128,
                    dpt_out_channels=(96, 192, 384, 384), dpt_layer_indices=(2, 5, 8, 11))  # fmt: skip
 
     @classmethod
@@ -128,8 +139,10 @@ class ReconstructionConfig:
 
 
 @dataclass
-class ReconstructionOutput:
+class ReconstructionOutput(Output):
     """Output of :class:`ReconstructionBranch` (frames: world = first camera, OpenCV axes).
+
+    Every field is fp32 whatever the compute dtype (:mod:`model.precision`).
 
     Attributes:
         pose_enc: ``[B, S, 9]`` final pose encoding (see :mod:`model.pose_encoding`).
@@ -138,6 +151,9 @@ class ReconstructionOutput:
         depth: ``[B, S, H, W]`` relative z-depth, positive (exp activation).
         depth_conf: ``[B, S, H, W]`` confidence ``1 + exp(x) >= 1``.
         pose_enc_list: ``[B, S, 9]`` estimate after each refinement iteration (last = ``pose_enc``).
+        world_points: ``[B, S, H, W, 3]`` point map in the world (first-camera) frame, the branch's relative unit
+            (VGGT's ``inv_log`` activation ``sign(x) (exp|x| - 1)``); ``None`` without a point head.
+        world_points_conf: ``[B, S, H, W]`` point confidence ``1 + exp(x) >= 1``; ``None`` without a point head.
     """
 
     pose_enc: torch.Tensor
@@ -146,6 +162,13 @@ class ReconstructionOutput:
     depth: torch.Tensor
     depth_conf: torch.Tensor
     pose_enc_list: list[torch.Tensor]
+    world_points: torch.Tensor | None = None
+    world_points_conf: torch.Tensor | None = None
+
+
+def inverse_log_transform(x: torch.Tensor) -> torch.Tensor:
+    """VGGT's point activation ``sign(x) * (exp(|x|) - 1)``: linear near 0, exponential range for far points."""
+    return torch.sign(x) * torch.expm1(torch.abs(x))
 
 
 def _first_and_rest(table: torch.Tensor, b: int, s: int) -> torch.Tensor:
@@ -158,6 +181,9 @@ def _first_and_rest(table: torch.Tensor, b: int, s: int) -> torch.Tensor:
 class AlternatingAttention(nn.Module):
     """VGGT aggregator minus the patch embedding: frame attention and global attention, alternating.
 
+    ``gradient_checkpointing`` (off by default; a run-time switch, see ``VidLLM.set_activation_checkpointing``)
+    recomputes each block in the backward pass instead of storing its activations.
+
     Args:
         cfg: Branch configuration.
     """
@@ -165,6 +191,7 @@ class AlternatingAttention(nn.Module):
     def __init__(self, cfg: ReconstructionConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.gradient_checkpointing = False
         self.rope = RotaryPositionEmbedding2D(cfg.rope_frequency) if cfg.rope_frequency > 0 else None
         self.frame_blocks = nn.ModuleList(self._make_blocks(cfg))
         self.global_blocks = nn.ModuleList(self._make_blocks(cfg))
@@ -175,15 +202,13 @@ class AlternatingAttention(nn.Module):
     def _make_blocks(self, cfg: ReconstructionConfig) -> list[Block]:
         return [
             Block(cfg.dim, cfg.num_heads, cfg.mlp_ratio, cfg.init_values, qk_norm=cfg.qk_norm, rope=self.rope)
-            for _ in range(cfg.depth)
+            for _ in range(cfg.num_layers)
         ]
 
     def _run(self, block: Block, tokens: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
-        if self.cfg.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, tokens, pos, use_reentrant=False)
-        return block(tokens, pos)
+        return maybe_checkpoint(self, self.gradient_checkpointing, block, tokens, pos)
 
-    def forward(self, geom: torch.Tensor, grid: tuple[int, int], keep: set[int]) -> dict[int, torch.Tensor]:
+    def forward(self, geom: torch.Tensor, grid: tuple[int, int], keep: set[int]) -> list[torch.Tensor | None]:
         """Run all layers.
 
         Args:
@@ -192,8 +217,10 @@ class AlternatingAttention(nn.Module):
             keep: Layer indices whose outputs are returned (others are dropped to save memory).
 
         Returns:
-            ``{layer: [B, S, 1 + R + P, 2C]}``: frame-block and global-block outputs of that layer concatenated on
-            channels; token 0 is the camera token, tokens ``1..R`` the registers, then the patches.
+            One entry per layer: ``[B, S, 1 + R + P, 2C]``, the frame-block and global-block outputs of that layer
+            concatenated on channels (token 0 is the camera token, tokens ``1..R`` the registers, then the
+            patches), for the layers in ``keep``; ``None`` for the others. (A list, not an int-keyed dict:
+            DeepSpeed ZeRO-3's module hooks read dict outputs by string keys.)
         """
         b, s, p, c = geom.shape
         specials = (_first_and_rest(self.camera_token, b, s), _first_and_rest(self.register_token, b, s))
@@ -203,7 +230,7 @@ class AlternatingAttention(nn.Module):
             patch_positions(b * s, grid, self.patch_start_idx, geom.device) if self.rope is not None else None
         )
         pos_global = pos.reshape(b, s * length, 2) if pos is not None else None
-        kept: dict[int, torch.Tensor] = {}
+        kept: list[torch.Tensor | None] = [None] * len(self.frame_blocks)
         for layer, (frame_block, global_block) in enumerate(
             zip(self.frame_blocks, self.global_blocks, strict=True)
         ):
@@ -216,21 +243,54 @@ class AlternatingAttention(nn.Module):
 
 
 class ReconstructionBranch(nn.Module):
-    """Alternating attention + camera head + depth DPT head.
+    """Alternating attention + camera head + depth DPT head (+ point-map DPT head).
+
+    ``gradient_checkpointing`` (off by default; a run-time switch) recomputes each DPT-head call (one per frame
+    chunk) in the backward pass; the alternating blocks have their own switch
+    (``alternating.gradient_checkpointing``).
 
     Args:
-        cfg: Branch configuration.
+        cfg: Branch configuration; with ``cfg.init_checkpoint`` the VGGT weights are loaded at construction.
     """
 
     def __init__(self, cfg: ReconstructionConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.gradient_checkpointing = False
         self.alternating = AlternatingAttention(cfg)
         self.camera_head = CameraHead(
-            2 * cfg.dim, cfg.camera_trunk_depth, cfg.camera_num_heads, 4.0, cfg.init_values
+            2 * cfg.dim, cfg.camera_num_layers, cfg.camera_num_heads, 4.0, cfg.init_values
         )
         self.depth_head = DPTHead(2 * cfg.dim, cfg.patch_size, cfg.dpt_layer_indices, cfg.dpt_features,
                                   cfg.dpt_out_channels, output_dim=2)  # fmt: skip
+        self.point_head = (
+            DPTHead(2 * cfg.dim, cfg.patch_size, cfg.dpt_layer_indices, cfg.dpt_features, cfg.dpt_out_channels,
+                    output_dim=4)
+            if cfg.enable_point_head else None
+        )  # fmt: skip
+        if cfg.init_checkpoint is not None:
+            self.load_vggt(cfg.init_checkpoint)
+
+    def load_vggt(self, checkpoint: str | Path | Mapping[str, torch.Tensor]) -> None:
+        """Load VGGT weights: every parameter of the branch from the checkpoint, nothing left over.
+
+        Args:
+            checkpoint: a local VGGT-format file (see :func:`model.vggt_weights.read_vggt_checkpoint`) or a VGGT
+                state dict already in memory. Its DINOv2 (``aggregator.patch_embed.*``) and track head are not
+                part of the branch and are skipped; the point head is skipped when the branch has none.
+
+        Raises:
+            ValueError: a key of the checkpoint has no counterpart, a branch parameter is missing from it, or a
+                shape differs (the message names the checkpoint and the keys).
+        """
+        where = str(checkpoint) if isinstance(checkpoint, str | Path) else "state dict"
+        state = read_vggt_checkpoint(checkpoint) if isinstance(checkpoint, str | Path) else checkpoint
+        ours = vggt_state_dict_to_ours(state, point_head=self.point_head is not None)
+        try:
+            self.load_state_dict(ours, strict=True)
+        except RuntimeError as err:
+            detail = " ".join(str(err).split())  # one line: torch's message spans several
+            raise ValueError(f"VGGT checkpoint {where} does not fit the reconstruction branch: {detail}") from err
 
     def forward(
         self, geom: torch.Tensor, grid: tuple[int, int], image_hw: tuple[int, int]
@@ -257,63 +317,41 @@ class ReconstructionBranch(nn.Module):
             raise ValueError(
                 f"image_hw {tuple(image_hw)} does not match grid {grid} x patch {self.cfg.patch_size}"
             )
-        last = self.cfg.depth - 1
+        last = self.cfg.num_layers - 1
         layers = self.alternating(geom, grid, keep={*self.cfg.dpt_layer_indices, last})
         pose_enc_list = self.camera_head(layers[last][:, :, 0], self.cfg.num_camera_iterations)
         start = self.alternating.patch_start_idx
-        patch_maps = {i: t[:, :, start:].reshape(b * s, p, t.shape[-1]) for i, t in layers.items()}
-        chunk = self.cfg.frames_chunk_size or b * s
-        raw = torch.cat(
-            [
-                self.depth_head({i: t[j : j + chunk] for i, t in patch_maps.items()}, grid, tuple(image_hw))
-                for j in range(0, b * s, chunk)
-            ]
-        )
-        depth = torch.exp(raw[:, 0]).reshape(b, s, *image_hw)
-        depth_conf = (1 + torch.exp(raw[:, 1])).reshape(b, s, *image_hw)
-        pose_enc = pose_enc_list[-1]
-        extrinsics, intrinsics = pose_encoding_to_extrinsics_intrinsics(pose_enc, tuple(image_hw))
+        patch_maps = {i: t[:, :, start:].reshape(b * s, p, t.shape[-1]) for i, t in enumerate(layers) if t is not None}
+        raw = self._dense(self.depth_head, patch_maps, grid, tuple(image_hw))
+        raw_points = None if self.point_head is None else self._dense(self.point_head, patch_maps, grid,
+                                                                     tuple(image_hw))
+        with fp32_region(raw):
+            # The activations and everything downstream are geometry: fp32 (model.precision).
+            raw = raw.float()
+            depth = torch.exp(raw[:, 0]).reshape(b, s, *image_hw)
+            depth_conf = (1 + torch.exp(raw[:, 1])).reshape(b, s, *image_hw)
+            pose_enc = pose_enc_list[-1]
+            extrinsics, intrinsics = pose_encoding_to_extrinsics_intrinsics(pose_enc, tuple(image_hw))
+            points = points_conf = None
+            if raw_points is not None:
+                raw_points = raw_points.float()
+                points = inverse_log_transform(raw_points[:, :3]).permute(0, 2, 3, 1).reshape(b, s, *image_hw, 3)
+                points_conf = (1 + torch.exp(raw_points[:, 3])).reshape(b, s, *image_hw)
         return ReconstructionOutput(pose_enc=pose_enc, extrinsics=extrinsics, intrinsics=intrinsics, depth=depth,
-                                    depth_conf=depth_conf, pose_enc_list=pose_enc_list)  # fmt: skip
+                                    depth_conf=depth_conf, pose_enc_list=pose_enc_list, world_points=points,
+                                    world_points_conf=points_conf)  # fmt: skip
 
+    def _dense(self, head: DPTHead, patch_maps: dict[int, torch.Tensor], grid: tuple[int, int],
+               image_hw: tuple[int, int]) -> torch.Tensor:
+        """Run a DPT head over ``[N, P, 2C]`` patch maps in chunks of ``frames_chunk_size`` frames -> raw
+        ``[N, out, H, W]``."""
+        n = next(iter(patch_maps.values())).shape[0]
+        chunk = self.cfg.frames_chunk_size or n
+        keys = sorted(patch_maps)
 
-# VGGT-1B key prefix -> our ReconstructionBranch key prefix (docs/vggt_key_mapping.md has the full table).
-VGGT_PREFIX_MAP: dict[str, str] = {
-    "aggregator.camera_token": "alternating.camera_token",
-    "aggregator.register_token": "alternating.register_token",
-    "aggregator.frame_blocks.": "alternating.frame_blocks.",
-    "aggregator.global_blocks.": "alternating.global_blocks.",
-    "camera_head.": "camera_head.",
-    "depth_head.": "depth_head.",
-}
-# VGGT parts with no counterpart in the reconstruction branch: the DINOv2 patch embed lives in our shared encoder
-# (convert it with model.encoder.vggt_patch_embed_to_hf_dinov2); point and track heads are not used by Vid-LLM.
-VGGT_SKIPPED_PREFIXES: tuple[str, ...] = ("aggregator.patch_embed.", "point_head.", "track_head.")
+        def run(*maps: torch.Tensor) -> torch.Tensor:
+            return head(dict(zip(keys, maps, strict=True)), grid, image_hw)
 
-
-def vggt_state_dict_to_ours(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a VGGT (``facebook/VGGT-1B``) state dict to :class:`ReconstructionBranch` keys.
-
-    Args:
-        state_dict: VGGT ``model.state_dict()`` (keys like ``aggregator.frame_blocks.0.attn.qkv.weight``).
-
-    Returns:
-        A state dict for ``ReconstructionBranch(ReconstructionConfig.base()).load_state_dict(..., strict=True)``.
-        Keys under :data:`VGGT_SKIPPED_PREFIXES` are left out.
-
-    Raises:
-        ValueError: A key matches neither a mapped nor a skipped prefix (not a VGGT checkpoint, or a new version).
-    """
-    ours: dict[str, torch.Tensor] = {}
-    unknown = []
-    for key, value in state_dict.items():
-        if key.startswith(VGGT_SKIPPED_PREFIXES):
-            continue
-        prefix = next((p for p in VGGT_PREFIX_MAP if key.startswith(p)), None)
-        if prefix is None:
-            unknown.append(key)
-            continue
-        ours[VGGT_PREFIX_MAP[prefix] + key[len(prefix) :]] = value
-    if unknown:
-        raise ValueError(f"VGGT state dict has {len(unknown)} unmapped keys, e.g. {unknown[:5]}")
-    return ours
+        return torch.cat([maybe_checkpoint(self, self.gradient_checkpointing, run,
+                                           *(patch_maps[i][j : j + chunk] for i in keys))
+                          for j in range(0, n, chunk)])  # fmt: skip

@@ -7,9 +7,16 @@ The word-level tokenizer is built from a fixed vocabulary, so token ids are iden
 tiny LLM's ``vocab_size`` can be derived from it without any file. Its pre-tokenizer turns spaces into a ``▁``
 marker (Metaspace) and splits digits and punctuation into single tokens, so coordinates such as
 ``[1.13, -0.50, 2.00]`` round-trip exactly through ``encode``/``decode`` with a ~60-token numeric alphabet.
+
+The text side of the model lives here too: the prompt templates (:class:`Prompt`: ``<scene>`` and the task words,
+a shortenable body, the answer cue) and tokenising with the label policy (:func:`encode_example`: labels and EOS
+are never cut, an example that cannot fit raises :class:`TextBudgetError`). :class:`model.processor.VidLLMProcessor`
+puts them behind one object with the chat template, padding and frame conversion.
 """
 
 from __future__ import annotations
+
+from typing import Literal, NamedTuple
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -134,7 +141,8 @@ def build_tokenizer(cfg) -> PreTrainedTokenizerBase:
 
     Raises:
         ValueError: when the tokenizer's ``<scene>``/``<loc>`` ids disagree with the ids in the config (the
-            config was written for another tokenizer).
+            config was written for another tokenizer), it has more tokens than the LLM's vocabulary, or the config
+            asks for a chat template the tokenizer does not have.
     """
     llm_cfg: LLMConfig = cfg if isinstance(cfg, LLMConfig) else cfg.llm
     if llm_cfg.tokenizer_path is None:
@@ -149,10 +157,41 @@ def build_tokenizer(cfg) -> PreTrainedTokenizerBase:
         )
     if len(tok) > llm_cfg.vocab_size:
         raise ValueError(f"tokenizer has {len(tok)} tokens but the LLM vocab_size is {llm_cfg.vocab_size}")
+    if llm_cfg.use_chat_template and not getattr(tok, "chat_template", None):
+        raise ValueError(f"LLMConfig.use_chat_template is set but the tokenizer at {llm_cfg.tokenizer_path} has no "
+                         "chat template")
     return tok
 
 
 # ---------------------------------------------------------------- prompt templates (shared by training and inference)
+
+TruncationSide = Literal["left", "right"]
+
+
+class Prompt(str):
+    """A prompt's text that remembers which part may be shortened to fit a token budget.
+
+    ``head`` (``<scene>`` and the task words) and ``tail`` (the answer cue) are always kept whole; ``body`` (the
+    free text: a question or a description) may lose tokens on its ``truncation_side`` (``"left"``: from its
+    start, ``"right"``: from its end). A ``Prompt`` *is* its text (a ``str``), so it goes wherever a prompt
+    string goes; string operations on it return plain strings, which are never shortened.
+    """
+
+    head: str
+    body: str
+    tail: str
+    truncation_side: TruncationSide
+
+    def __new__(cls, head: str, body: str, tail: str, truncation_side: TruncationSide = "right") -> Prompt:
+        if truncation_side not in ("left", "right"):
+            raise ValueError(f"Prompt.truncation_side must be 'left' or 'right', got {truncation_side!r}")
+        obj = super().__new__(cls, head + body + tail)
+        obj.head, obj.body, obj.tail, obj.truncation_side = head, body, tail, truncation_side
+        return obj
+
+    def __reduce__(self):
+        return Prompt, (self.head, self.body, self.tail, self.truncation_side)
+
 
 def format_box(box) -> str:
     """``[cx, cy, cz, dx, dy, dz]`` with 2 decimals (metres, first-camera frame), the paper's answer format."""
@@ -162,19 +201,22 @@ def format_box(box) -> str:
     return "[" + ", ".join(f"{v:.2f}" for v in values) + "]"
 
 
-def qa_prompt(question: str) -> str:
-    """Prompt for 3D question answering (ScanQA/SQA3D)."""
-    return f"{SCENE_TOKEN} question: {question.strip()} answer:"
+def qa_prompt(question: str) -> Prompt:
+    """Prompt for 3D question answering (ScanQA; SQA3D puts its situation before the question). Shortened from
+    the start of the question text, so the end (SQA3D's actual question) survives."""
+    return Prompt(f"{SCENE_TOKEN} question:", " " + question.strip(), " answer:", truncation_side="left")
 
 
-def caption_prompt(box) -> str:
-    """Prompt for dense captioning of the object in ``box`` (6 numbers)."""
-    return f"{SCENE_TOKEN} describe the object at {format_box(box)}. answer:"
+def caption_prompt(box) -> Prompt:
+    """Prompt for dense captioning of the object in ``box`` (6 numbers); never shortened (the box is the
+    question)."""
+    return Prompt(f"{SCENE_TOKEN} describe the object at {format_box(box)}.", "", " answer:")
 
 
-def grounding_prompt(description: str) -> str:
-    """Prompt for visual grounding; the answer is ``<loc> [cx, cy, cz, dx, dy, dz]`` (see :func:`grounding_answer`)."""
-    return f"{SCENE_TOKEN} locate: {description.strip()} answer:"
+def grounding_prompt(description: str) -> Prompt:
+    """Prompt for visual grounding; the answer is ``<loc> [cx, cy, cz, dx, dy, dz]`` (see :func:`grounding_answer`).
+    Shortened from the end of the description (descriptions name the referred object first)."""
+    return Prompt(f"{SCENE_TOKEN} locate:", " " + description.strip(), " answer:", truncation_side="right")
 
 
 def grounding_answer(boxes) -> str:
@@ -182,19 +224,107 @@ def grounding_answer(boxes) -> str:
     return LOC_TOKEN + "".join(" " + format_box(b) for b in boxes)
 
 
-def encode_example(tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str,
-                   max_length: int | None = None) -> tuple[list[int], list[int]]:
-    """Token ids and labels of one training example: ``prompt answer<eos>``; labels are -100 on the prompt.
+# ---------------------------------------------------------------- tokenising with the label policy
+
+class TextBudgetError(ValueError):
+    """An example that cannot fit its token budget without cutting its labels (never done).
+
+    Attributes:
+        example: the example's identifier as given by the caller (``None`` if none was given).
+        answer_tokens: tokens of the answer including EOS (the labels).
+        min_prompt_tokens: the prompt's tokens that are never cut (``<scene>``, task words, answer cue and the
+            chat template's own tokens).
+        max_length: the budget.
+    """
+
+    def __init__(self, example: str | None, answer_tokens: int, min_prompt_tokens: int, max_length: int) -> None:
+        self.example, self.answer_tokens = example, answer_tokens
+        self.min_prompt_tokens, self.max_length = min_prompt_tokens, max_length
+        name = f"example {example!r}" if example is not None else "example"
+        super().__init__(
+            f"{name} does not fit max_length={max_length}: its answer needs {answer_tokens} tokens with EOS and its "
+            f"prompt at least {min_prompt_tokens} (<scene>, task words and answer cue); labels are never cut"
+        )
+
+
+class EncodedExample(NamedTuple):
+    """Token ids and next-token labels of one example (``labels`` is -100 on the prompt)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+def prompt_pieces(tokenizer: PreTrainedTokenizerBase, prompt: str,
+                  use_chat_template: bool = False) -> tuple[list[int], list[int], list[int], TruncationSide]:
+    """Token ids of a prompt as ``(head, body, tail, truncation_side)``; only ``body`` may be shortened.
+
+    The three parts are tokenised separately, in training and at inference alike, so both see identical ids. With
+    ``use_chat_template`` the prompt is the user turn of the tokenizer's chat template, rendered with the
+    generation prompt (the assistant turn is the answer): the template's text before the prompt joins ``head``,
+    the text after it joins ``tail``. A plain ``str`` prompt is all ``head``.
 
     Raises:
-        ValueError: the prompt alone does not fit in ``max_length`` (the answer would be cut entirely).
+        ValueError: the prompt has no ``<scene>``; the chat template is missing or does not contain the prompt
+            text verbatim.
     """
-    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    answer_ids = tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    if max_length is not None and len(prompt_ids) >= max_length:
-        raise ValueError(f"prompt of {len(prompt_ids)} tokens does not fit max_length={max_length}: {prompt[:80]!r}")
-    ids = prompt_ids + answer_ids
-    labels = [-100] * len(prompt_ids) + answer_ids
+    if SCENE_TOKEN not in prompt:
+        raise ValueError(f"a prompt needs the {SCENE_TOKEN} placeholder: {prompt[:80]!r}")
+    head, body, tail, side = (prompt.head, prompt.body, prompt.tail, prompt.truncation_side) \
+        if isinstance(prompt, Prompt) else (str(prompt), "", "", "right")
+    add_special = True
+    if use_chat_template:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("use_chat_template is set but the tokenizer has no chat template")
+        text = str(prompt)
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                 add_generation_prompt=True)
+        at = rendered.find(text)
+        if at < 0:
+            raise ValueError("the tokenizer's chat template does not contain the prompt text verbatim")
+        head, tail = rendered[:at] + head, tail + rendered[at + len(text):]
+        add_special = False  # the template writes its own special tokens (as apply_chat_template(tokenize=True))
+
+    def ids(piece: str, special: bool = False) -> list[int]:
+        return tokenizer(piece, add_special_tokens=special)["input_ids"] if piece else []
+
+    return ids(head, add_special), ids(body), ids(tail), side
+
+
+def answer_ids(tokenizer: PreTrainedTokenizerBase, answer: str, use_chat_template: bool = False) -> list[int]:
+    """Token ids of an answer (the labels), without EOS. Without a chat template the answer continues the prompt
+    text after a space; with one it is the assistant turn's content."""
+    text = answer.strip() if use_chat_template else " " + answer.strip()
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_example(tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str, max_length: int | None = None,
+                   use_chat_template: bool = False, example: str | None = None) -> EncodedExample:
+    """Token ids and labels of one training example: ``prompt answer<eos>``, labels -100 on the prompt.
+
+    Label policy: the answer and its EOS are never cut. When ``prompt + answer + EOS`` exceeds ``max_length`` the
+    prompt's body (:class:`Prompt`) is shortened on its truncation side, down to nothing; ``<scene>``, the task
+    words and the answer cue always stay. ``max_length=None`` means no budget (the length follows the data).
+
+    Args:
+        tokenizer: from :func:`build_tokenizer`.
+        prompt: from :func:`qa_prompt`, :func:`caption_prompt`, :func:`grounding_prompt` (a plain string with
+            ``<scene>`` works too and is never shortened).
+        answer: the target text.
+        max_length: token budget of the whole example, or ``None``.
+        use_chat_template: wrap the prompt in the tokenizer's chat template (``LLMConfig.use_chat_template``).
+        example: identifier of the example, named in :class:`TextBudgetError`.
+
+    Raises:
+        TextBudgetError: the answer with EOS and the prompt's fixed parts exceed ``max_length``.
+        ValueError: see :func:`prompt_pieces`.
+    """
+    head, body, tail, side = prompt_pieces(tokenizer, prompt, use_chat_template)
+    labels = answer_ids(tokenizer, answer, use_chat_template) + [tokenizer.eos_token_id]
     if max_length is not None:
-        ids, labels = ids[:max_length], labels[:max_length]
-    return ids, labels
+        room = max_length - len(labels) - len(head) - len(tail)
+        if room < 0:
+            raise TextBudgetError(example, len(labels), len(head) + len(tail), max_length)
+        if len(body) > room:
+            body = body[len(body) - room:] if side == "left" else body[:room]
+    prompt_ids = head + body + tail
+    return EncodedExample(prompt_ids + labels, [-100] * len(prompt_ids) + labels)

@@ -3,7 +3,7 @@
     frames [B,S,3,H,W]
       -> Encoder (DINOv2)                           tokens [B,S,P,C], multi-layer tokens
       -> CrossTaskAdapter (bridge tokens)           T'_geom, T'_lang
-      -> ReconstructionBranch(T'_geom)              cameras + relative depth (+ confidence)
+      -> ReconstructionBranch(T'_geom)              cameras + relative depth + point map (+ confidences)
       -> MetricDepthModel(encoder layers)           metric depth
       -> scale alignment (median WLS scale)         metric depth + metric camera translation
       -> VLBranch(T'_lang, detached geometry)       scene tokens [B,M,D]
@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_model, save_model
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from model.adapter import CrossTaskAdapter
 from model.batch import VidLLMBatch
@@ -32,6 +34,7 @@ from model.grounding import BoxHead
 from model.llm import build_llm, splice_scene
 from model.metric_depth import MetricDepthModel
 from model.outputs import GroundingOutput, SceneEncoding, VidLLMOutput
+from model.processor import VidLLMProcessor, as_processor
 from model.reconstruction import ReconstructionBranch
 from model.scale_alignment import apply_scale, scene_scale
 from model.tokenizer import LOC_TOKEN, SCENE_TOKEN, caption_prompt, grounding_prompt, qa_prompt
@@ -56,6 +59,7 @@ def _architecture_only(cfg: VidLLMConfig, llm_arch: dict) -> VidLLMConfig:
     return dataclasses.replace(
         cfg,
         encoder=dataclasses.replace(cfg.encoder, pretrained_path=None),
+        reconstruction=dataclasses.replace(cfg.reconstruction, init_checkpoint=None),
         llm=dataclasses.replace(cfg.llm, pretrained_path=None, arch=llm_arch),
     )
 
@@ -95,6 +99,30 @@ class VidLLM(PreTrainedModel):
         self.llm = llm
         self.box_head = BoxHead(cfg.grounding, dim=d)
         self.distill = DistillationProjections(cfg.distill, student_dim=c)
+
+    def set_activation_checkpointing(self, *, encoder: bool = False, reconstruction: bool = False,
+                                     heads: bool = False, llm: bool = False) -> None:
+        """Switch activation checkpointing per component: the switched parts store no activations in the forward
+        pass and recompute them, block by block, in the backward pass (same values and gradients, less memory,
+        about one extra forward of those parts). A run-time setting of this model object, never saved with a
+        checkpoint: the training stage sets it for either stage. Active in training mode only.
+
+        Args:
+            encoder: each DINOv2 transformer layer (transformers' activation checkpointing).
+            reconstruction: each frame and global block of the alternating attention.
+            heads: the DPT heads (depth, point map, and the metric-depth decoder with its bin heads), per frame
+                chunk of ``frames_chunk_size`` frames.
+            llm: each decoder layer of the LLM (transformers' activation checkpointing).
+        """
+        kwargs = {"use_reentrant": False}  # the non-reentrant variant needs no input that requires grad
+        for hf_model, enabled in ((self.encoder.backbone, encoder), (self.llm, llm)):
+            if enabled:
+                hf_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                hf_model.activation_checkpointing_disable()
+        self.reconstruction.alternating.gradient_checkpointing = reconstruction
+        self.reconstruction.gradient_checkpointing = heads
+        self.metric_depth.gradient_checkpointing = heads
 
     def _init_weights(self, module: torch.nn.Module) -> None:
         """Every sub-module initialises itself at construction and checkpoints carry every tensor, so the generic
@@ -199,63 +227,71 @@ class VidLLM(PreTrainedModel):
         rec, _, scale, depth_m, extrinsics_m = self._geometry(enc, ad, image_hw, generator)
         return self._scene(ad.lang, enc, image_hw, rec, scale, depth_m, extrinsics_m, generator)
 
-    def _prompt_inputs(self, scene: SceneEncoding, prompts: list[str], tokenizer):
+    def _prompt_inputs(self, scene: SceneEncoding, prompts: list[str], processor: VidLLMProcessor,
+                       answer_prefix: str = ""):
         if scene.tokens.shape[0] == 1 and len(prompts) > 1:
             scene = scene.select([0] * len(prompts))
         if scene.tokens.shape[0] != len(prompts):
             raise ValueError(f"{len(prompts)} prompts for {scene.tokens.shape[0]} scenes")
         device = scene.tokens.device
-        enc = tokenizer(list(prompts), padding=True, return_tensors="pt")
+        enc = processor.generation_inputs(list(prompts), answer_prefix)
         spliced = splice_scene(self.llm.get_input_embeddings(), enc["input_ids"].to(device),
                                enc["attention_mask"].to(device), None, scene.tokens, scene.mask,
                                self.vidllm_config.llm.scene_token_id, padding_side="left")
         return scene, spliced
 
-    def _generate(self, spliced, tokenizer, max_new_tokens: int) -> list[str]:
+    def _generate(self, spliced, processor: VidLLMProcessor, max_new_tokens: int) -> list[str]:
         cfg = self.vidllm_config.llm
         ids = self.llm.generate(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                 pad_token_id=cfg.pad_token_id, eos_token_id=cfg.eos_token_id)
-        return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        return processor.decode(ids)
 
     @torch.no_grad()
-    def answer(self, scene: SceneEncoding, prompts: list[str], tokenizer, max_new_tokens: int = 16) -> list[str]:
+    def answer(self, scene: SceneEncoding, prompts: list[str],
+               processor: VidLLMProcessor | PreTrainedTokenizerBase, max_new_tokens: int = 16) -> list[str]:
         """Greedy answers to questions about the scenes (QA; SQA3D situations go in the question text).
 
         Args:
             scene: :class:`SceneEncoding` with B items (or 1, shared by all prompts).
             prompts: B questions; a prompt without ``<scene>`` is wrapped with :func:`model.tokenizer.qa_prompt`.
-            tokenizer: from :func:`model.tokenizer.build_tokenizer`.
+            processor: a :class:`model.processor.VidLLMProcessor`, or the bare tokenizer (wrapped in the processor
+                this model's config describes).
         """
+        processor = as_processor(processor, self.vidllm_config)
         prompts = [p if SCENE_TOKEN in p else qa_prompt(p) for p in prompts]
-        _, spliced = self._prompt_inputs(scene, prompts, tokenizer)
-        return self._generate(spliced, tokenizer, max_new_tokens)
+        _, spliced = self._prompt_inputs(scene, prompts, processor)
+        return self._generate(spliced, processor, max_new_tokens)
 
     @torch.no_grad()
-    def caption(self, scene: SceneEncoding, boxes: torch.Tensor, tokenizer, max_new_tokens: int = 24) -> list[str]:
-        """Dense captioning of one box per item: ``boxes`` ``[B, 6]`` centre+size, metres, first-camera frame."""
+    def caption(self, scene: SceneEncoding, boxes: torch.Tensor,
+                processor: VidLLMProcessor | PreTrainedTokenizerBase, max_new_tokens: int = 24) -> list[str]:
+        """Dense captioning of one box per item: ``boxes`` ``[B, 6]`` centre+size, metres, first-camera frame;
+        ``processor`` as in :meth:`answer`."""
+        processor = as_processor(processor, self.vidllm_config)
         prompts = [caption_prompt(box.tolist()) for box in boxes]
-        _, spliced = self._prompt_inputs(scene, prompts, tokenizer)
-        return self._generate(spliced, tokenizer, max_new_tokens)
+        _, spliced = self._prompt_inputs(scene, prompts, processor)
+        return self._generate(spliced, processor, max_new_tokens)
 
     @torch.no_grad()
-    def ground(self, scene: SceneEncoding, descriptions: list[str], tokenizer,
-               max_new_tokens: int = 40) -> GroundingOutput:
-        """Visual grounding: the prompt ends in ``<loc>``, whose hidden state drives the box head; the model then
-        verbalises the coordinates.
+    def ground(self, scene: SceneEncoding, descriptions: list[str],
+               processor: VidLLMProcessor | PreTrainedTokenizerBase, max_new_tokens: int = 40) -> GroundingOutput:
+        """Visual grounding: the answer starts with ``<loc>``, whose hidden state drives the box head; the model
+        then verbalises the coordinates. ``processor`` as in :meth:`answer`.
 
         Returns:
             :class:`GroundingOutput`: boxes ``[B, Q, 6]`` and probabilities ``[B, Q]`` sorted by score, and the
             decoded text (``"[cx, cy, cz, dx, dy, dz]"`` when the model has learnt the format).
         """
-        prompts = [grounding_prompt(d) + " " + LOC_TOKEN for d in descriptions]
-        scene, spliced = self._prompt_inputs(scene, prompts, tokenizer)
+        processor = as_processor(processor, self.vidllm_config)
+        prompts = [grounding_prompt(d) for d in descriptions]
+        scene, spliced = self._prompt_inputs(scene, prompts, processor, answer_prefix=LOC_TOKEN)
         hidden = self.llm(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
                           output_hidden_states=True, use_cache=False).hidden_states[-1][:, -1]
         pred = self.box_head(hidden, scene.tokens, scene.mask, scene.centres)
         scores, order = pred.scores.sigmoid().sort(dim=1, descending=True)
         boxes = pred.boxes.gather(1, order[..., None].expand_as(pred.boxes))
-        return GroundingOutput(boxes=boxes, scores=scores, text=self._generate(spliced, tokenizer, max_new_tokens))
+        return GroundingOutput(boxes=boxes, scores=scores, text=self._generate(spliced, processor, max_new_tokens))
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -268,28 +304,122 @@ class VidLLM(PreTrainedModel):
         """
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
+        self.config.architectures = [type(self).__name__]
         self.config.save_pretrained(path)
         save_model(self, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *_, device: str | torch.device = "cpu",
-                        **__) -> VidLLM:
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *model_args,
+                        config: VidLLMHFConfig | None = None, dtype: torch.dtype | str | None = None,
+                        torch_dtype: torch.dtype | str | None = None,
+                        device_map: str | int | torch.device | dict | None = None,
+                        device: str | torch.device | None = None, **kwargs) -> VidLLM:
         """Load a checkpoint written by :meth:`save_pretrained` from a local directory (strict: every tensor must
-        be present and no extra one).
+        be present and no extra one), in eval mode. ``transformers.AutoModel.from_pretrained`` lands here once
+        :func:`register_auto_classes` has run.
+
+        Args:
+            pretrained_model_name_or_path: local checkpoint directory (``subfolder=`` appends a sub-directory).
+            config: the checkpoint's :class:`VidLLMHFConfig` when already loaded (``AutoModel`` passes it);
+                default: read ``config.json``.
+            dtype: dtype of the loaded weights: a ``torch.dtype`` or its name (``"bfloat16"``), ``"auto"`` (the
+                dtype stored in the file), or ``None`` (fp32). Geometry is computed in fp32 whatever this is
+                (:mod:`model.precision`). ``torch_dtype`` is the older name of the same argument.
+            device_map: where the whole model goes: a device (``"cpu"``, ``"cuda:1"``, an index, a
+                ``torch.device``), ``"auto"`` (the first CUDA device if there is one, else the CPU) or
+                ``{"": device}``. A map that splits the model over devices is refused.
+            device: older spelling of a single-device ``device_map``.
+            kwargs: the hub arguments ``AutoModel`` forwards (``cache_dir``, ``revision``, ``token``, ...), which
+                have no meaning for a local directory, are accepted and ignored; anything else is an error.
 
         Raises:
             FileNotFoundError: the directory lacks ``config.json`` or ``model.safetensors``.
+            TypeError: an unknown keyword argument or positional model argument.
+            ValueError: conflicting ``dtype``/``torch_dtype`` or ``device``/``device_map``, a multi-device map,
+                an unknown dtype, or a config that is not Vid-LLM's.
         """
-        path = Path(pretrained_model_name_or_path)
+        subfolder = kwargs.pop("subfolder", None) or ""
+        unknown = sorted(set(kwargs) - _IGNORED_LOAD_KWARGS)
+        if unknown or model_args:
+            raise TypeError(f"VidLLM.from_pretrained got unexpected arguments {unknown or list(model_args)}")
+        path = Path(pretrained_model_name_or_path) / subfolder
         for name in ("config.json", WEIGHTS_NAME):
             if not (path / name).is_file():
                 raise FileNotFoundError(f"Vid-LLM checkpoint {path} has no {name}")
-        data = json.loads((path / "config.json").read_text())
-        if "vidllm" not in data:
-            raise ValueError(f"{path / 'config.json'} is not a Vid-LLM config (no 'vidllm' key)")
-        model = cls(VidLLMConfig.from_dict(data["vidllm"]))
-        missing, unexpected = load_model(model, str(path / WEIGHTS_NAME), strict=True, device=str(device))
+        if config is None:
+            data = json.loads((path / "config.json").read_text())
+            if "vidllm" not in data:
+                raise ValueError(f"{path / 'config.json'} is not a Vid-LLM config (no 'vidllm' key)")
+            vidllm = data["vidllm"]
+        elif isinstance(config, VidLLMHFConfig):
+            vidllm = config.vidllm
+        else:
+            raise ValueError(f"VidLLM.from_pretrained: config must be a VidLLMHFConfig, got {type(config).__name__}")
+        target_dtype = _resolve_dtype(dtype, torch_dtype, path / WEIGHTS_NAME)
+        target_device = _resolve_device(device_map, device)
+        model = cls(VidLLMConfig.from_dict(vidllm))
+        missing, unexpected = load_model(model, str(path / WEIGHTS_NAME), strict=True)
         if missing or unexpected:
             raise ValueError(f"{path / WEIGHTS_NAME}: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+        model.to(device=target_device, dtype=target_dtype)
         model.eval()
         return model
+
+
+# Arguments transformers' AutoModel forwards to from_pretrained that mean nothing for a local Vid-LLM directory.
+_IGNORED_LOAD_KWARGS = frozenset({
+    "cache_dir", "force_download", "local_files_only", "proxies", "revision", "token", "trust_remote_code",
+    "_from_auto", "adapter_kwargs", "code_revision",
+})
+
+
+def _resolve_dtype(dtype: torch.dtype | str | None, torch_dtype: torch.dtype | str | None,
+                   weights: Path) -> torch.dtype:
+    """The dtype to load in (see :meth:`VidLLM.from_pretrained`)."""
+    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+        raise ValueError(f"VidLLM.from_pretrained: dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree")
+    value = dtype if dtype is not None else torch_dtype
+    if value is None:
+        return torch.float32
+    if value == "auto":
+        with safe_open(str(weights), framework="pt") as f:
+            counts = Counter(f.get_slice(k).get_dtype() for k in f.keys())  # noqa: SIM118 (not a dict)
+        floating = [d for d, _ in counts.most_common() if d in _SAFETENSORS_FLOAT]
+        return _SAFETENSORS_FLOAT[floating[0]] if floating else torch.float32
+    if isinstance(value, str):
+        value = getattr(torch, value.removeprefix("torch."), None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ValueError(f"VidLLM.from_pretrained: dtype must be a floating torch dtype, its name or 'auto'; "
+                         f"got {dtype if dtype is not None else torch_dtype!r}")
+    return value
+
+
+_SAFETENSORS_FLOAT = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def _resolve_device(device_map: str | int | torch.device | dict | None,
+                    device: str | torch.device | None) -> torch.device:
+    """The single device the whole model goes to (see :meth:`VidLLM.from_pretrained`)."""
+    if isinstance(device_map, dict):
+        places = set(device_map.values())
+        if set(device_map) != {""} or len(places) != 1:
+            raise ValueError(f"VidLLM.from_pretrained puts the whole model on one device; device_map {device_map} "
+                             "splits it (use a single device, 'auto' or {'': device})")
+        device_map = places.pop()
+    if device_map == "auto":
+        device_map = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_map is not None and device is not None and torch.device(device_map) != torch.device(device):
+        raise ValueError(f"VidLLM.from_pretrained: device={device!r} and device_map={device_map!r} disagree")
+    chosen = device_map if device_map is not None else device if device is not None else "cpu"
+    return torch.device(f"cuda:{chosen}" if isinstance(chosen, int) else chosen)
+
+
+def register_auto_classes() -> None:
+    """Register Vid-LLM with transformers' Auto classes, so that ``AutoConfig.from_pretrained(dir)`` and
+    ``AutoModel.from_pretrained(dir)`` load our checkpoints (``model_type`` ``"vidllm"``).
+
+    Explicit rather than done at import: importing ``model`` changes no global registry (house rule). Idempotent;
+    call it once before using the Auto classes on a Vid-LLM checkpoint.
+    """
+    AutoConfig.register(VidLLMHFConfig.model_type, VidLLMHFConfig, exist_ok=True)
+    AutoModel.register(VidLLMHFConfig, VidLLM, exist_ok=True)

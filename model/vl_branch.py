@@ -19,10 +19,11 @@ from torch import nn
 
 from model.config import VLBranchConfig
 from model.geometry import backproject_depth, voxel_pool
+from model.outputs import Output
 
 
 @dataclass
-class VLBranchOutput:
+class VLBranchOutput(Output):
     """Scene tokens for the LLM.
 
     Attributes:

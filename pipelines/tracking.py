@@ -16,7 +16,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipelines import storage
+from pipelines.config import ConfigError
 
+#: Where a run records its MLflow run (training: next to the export; evaluation: in its output directory).
+RUN_FILE = "mlflow_run.json"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limits (mlflow/utils/validation.py)
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_CHARS = 6000
@@ -42,14 +45,14 @@ def resolve_tracking_uri(configured: str | None, output_dir: str, setting: str =
         setting: how the user sets the URI (named in the error), e.g. ``"tracking.tracking_uri"``.
 
     Raises:
-        ValueError: nothing configured and ``output_dir`` is remote (a sqlite store needs a local directory).
+        ConfigError: nothing configured and ``output_dir`` is remote (a sqlite store needs a local directory).
     """
     if configured:
         return configured
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     if _is_remote(output_dir):
-        raise ValueError(
+        raise ConfigError(
             f"{setting} must be set (or MLFLOW_TRACKING_URI) when the output directory is remote ({output_dir}); "
             "a sqlite store needs a local directory"
         )

@@ -40,6 +40,45 @@ def pytest_configure(config):
         os.environ.setdefault(key, value)
 
 
+def _missing_weights_reason() -> str | None:
+    from pipelines.weights import WEIGHTS_DIR_ENV, missing
+
+    weights_dir = os.environ.get(WEIGHTS_DIR_ENV)
+    absent = missing(weights_dir)
+    if not absent:
+        return None
+    where = f"{WEIGHTS_DIR_ENV}={weights_dir} lacks verified {', '.join(absent)}" if weights_dir else (
+        f"{WEIGHTS_DIR_ENV} is not set")
+    return (f"real weights not installed ({where}): run `vidllm weights install --dir DIR` "
+            f"and set {WEIGHTS_DIR_ENV}=DIR")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tiers: ``weights`` tests skip (naming the install command) without installed weights, ``gpu`` without CUDA."""
+    weights = [item for item in items if item.get_closest_marker("weights")]
+    reason = _missing_weights_reason() if weights else None
+    for item in weights if reason else ():
+        item.add_marker(pytest.mark.skip(reason=reason))
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            for item in gpu:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)"))
+
+
+@pytest.fixture(scope="session")
+def real_weights() -> dict[str, str]:
+    """``{folder name: path}`` of the verified real-weight folders (``pipelines.weights``); skips without them."""
+    from pipelines.weights import WEIGHTS_DIR_ENV, installed
+
+    reason = _missing_weights_reason()
+    if reason:
+        pytest.skip(reason)
+    return installed(os.environ[WEIGHTS_DIR_ENV])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

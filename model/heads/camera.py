@@ -1,6 +1,6 @@
 """Camera head: iterative refinement of the 9-D pose encoding from per-frame camera tokens (VGGT ``CameraHead``).
 
-Each iteration embeds the current (detached) pose estimate, uses it to modulate the normalised camera tokens
+Each iteration embeds the current pose estimate (detached), uses it to modulate the normalised camera tokens
 (adaLN: shift, scale, gate), runs a small transformer trunk over the frames' camera tokens and regresses a pose
 *delta*. The running estimate after every iteration is returned (``pose_enc_list``) so the camera loss can weight
 iterations (VGGT: gamma = 0.6). Parameter names follow VGGT so its camera-head weights load unchanged.
@@ -24,7 +24,7 @@ class CameraHead(nn.Module):
 
     Args:
         dim_in: Camera-token channels (``2 * C`` in VGGT: frame and global outputs concatenated).
-        trunk_depth: Transformer blocks in the trunk.
+        num_trunk_layers: Transformer blocks in the trunk.
         num_heads: Trunk attention heads.
         mlp_ratio: Trunk MLP ratio.
         init_values: Trunk LayerScale init.
@@ -33,7 +33,7 @@ class CameraHead(nn.Module):
     def __init__(
         self,
         dim_in: int,
-        trunk_depth: int = 4,
+        num_trunk_layers: int = 4,
         num_heads: int = 16,
         mlp_ratio: float = 4.0,
         init_values: float = 0.01,
@@ -42,7 +42,7 @@ class CameraHead(nn.Module):
         self.trunk = nn.Sequential(
             *[
                 Block(dim_in, num_heads, mlp_ratio=mlp_ratio, init_values=init_values)
-                for _ in range(trunk_depth)
+                for _ in range(num_trunk_layers)
             ]
         )
         self.token_norm = nn.LayerNorm(dim_in)
@@ -61,8 +61,8 @@ class CameraHead(nn.Module):
             num_iterations: Refinement iterations (>= 1).
 
         Returns:
-            ``num_iterations`` tensors ``[B, S, 9]``; the last is the final estimate. Translation and quaternion are
-            linear outputs; the two FoVs go through a leaky ReLU: the identity on positive values like VGGT's ReLU
+            ``num_iterations`` fp32 tensors ``[B, S, 9]``; the last is the final estimate. Translation and quaternion
+            are linear outputs; the two FoVs go through a leaky ReLU: the identity on positive values like VGGT's ReLU
             (its weights give the same output), but a FoV that went negative still gets a gradient. Under a ReLU it
             gets none and stays at 0 for good (seen in training: the vertical FoV of a small model died, the focal
             length decoded to 5.6e5 px and back-projection flattened every scene onto one plane).
@@ -77,11 +77,15 @@ class CameraHead(nn.Module):
             if pose is None:
                 cond = self.embed_pose(self.empty_pose_tokens.expand(b, s, -1))
             else:
-                # Detached like VGGT: each iteration learns a correction, gradients do not chain through iterations.
-                cond = self.embed_pose(pose.detach())
+                # The running estimate is detached, as in VGGT's CameraHead: iteration k's output is
+                # ``detach(previous) + delta_k``, so its loss trains only delta_k and gradients do not chain back
+                # through earlier iterations (each iteration learns a correction of a fixed estimate).
+                pose = pose.detach()
+                cond = self.embed_pose(pose.to(self.embed_pose.weight.dtype))
             shift, scale, gate = self.poseLN_modulation(cond).chunk(3, dim=-1)
             x = gate * (self.adaln_norm(tokens) * (1 + scale) + shift) + tokens
-            delta = self.pose_branch(self.trunk_norm(self.trunk(x)))
+            # The estimate accumulates in fp32 (a pose, not a feature; see model.precision).
+            delta = self.pose_branch(self.trunk_norm(self.trunk(x))).float()
             pose = delta if pose is None else pose + delta
             pose_list.append(torch.cat((pose[..., :7], F.leaky_relu(pose[..., 7:], FOV_NEGATIVE_SLOPE)), dim=-1))
         return pose_list

@@ -4,7 +4,7 @@ Run ``vidllm demo`` (or ``python -m pipelines.demo``); ``--help`` explains the o
 command-line arguments and returns the exit status.
 """
 
-from pipelines.demo.config import SIZES, DemoConfig, DemoPaths, DemoSize
+from pipelines.demo.config import SIZES, DemoConfig, DemoPaths, DemoSizeConfig
 from pipelines.demo.run import main
 
-__all__ = ["SIZES", "DemoConfig", "DemoPaths", "DemoSize", "main"]
+__all__ = ["SIZES", "DemoConfig", "DemoPaths", "DemoSizeConfig", "main"]

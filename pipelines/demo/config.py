@@ -15,7 +15,7 @@ from pipelines import storage
 
 
 @dataclass(frozen=True)
-class DemoSize:
+class DemoSizeConfig:
     """How much work each stage does.
 
     Attributes:
@@ -24,7 +24,7 @@ class DemoSize:
         frames_per_scene: frames rendered per scene (``small`` sensor preset: 160x120 colour).
         frames_per_clip: frames S per clip.
         clips_per_scene: clips K per scene.
-        short_side: shorter image side of the clips after resizing, pixels (multiple of 14 after the crop).
+        resize_to: shorter image side of the clips after resizing, pixels (multiple of 14 after the crop).
         stage1_steps: Stage-1 optimizer steps.
         stage2_steps: Stage-2 optimizer steps.
         eval_queries: questions / queries / objects evaluated per task and scene.
@@ -35,7 +35,7 @@ class DemoSize:
     frames_per_scene: int
     frames_per_clip: int
     clips_per_scene: int
-    short_side: int
+    resize_to: int
     stage1_steps: int
     stage2_steps: int
     eval_queries: int
@@ -48,19 +48,19 @@ class DemoSize:
                              "tracking frames the generator writes, and frames_per_clip must be >= 2")
         if min(self.clips_per_scene, self.stage1_steps, self.stage2_steps, self.eval_queries) < 1:
             raise ValueError(f"size {self.name}: clips, steps and queries must be >= 1")
-        if self.short_side < 28:
-            raise ValueError(f"size {self.name}: short_side must be >= 28 (two 14-pixel patches)")
+        if self.resize_to < 28:
+            raise ValueError(f"size {self.name}: resize_to must be >= 28 (two 14-pixel patches)")
 
 
-SIZES: dict[str, DemoSize] = {
+SIZES: dict[str, DemoSizeConfig] = {
     # The acceptance test's size: every stage runs for real, as little as possible. Stage-2 steps are cheap next to
     # the fixed costs (worker start, export, MLflow) and the tiny LLM needs ~100 of them before its answers stop
     # being just the most frequent target token, end-of-sequence (an empty answer).
-    "smallest": DemoSize("smallest", num_scenes=2, frames_per_scene=12, frames_per_clip=4, clips_per_scene=1,
-                         short_side=56, stage1_steps=2, stage2_steps=120, eval_queries=1),
+    "smallest": DemoSizeConfig("smallest", num_scenes=2, frames_per_scene=12, frames_per_clip=4, clips_per_scene=1,
+                         resize_to=56, stage1_steps=2, stage2_steps=120, eval_queries=1),
     # The default: enough clips and steps that the losses move; under 10 minutes on 2 CPU cores.
-    "default": DemoSize("default", num_scenes=6, frames_per_scene=40, frames_per_clip=8, clips_per_scene=2,
-                        short_side=56, stage1_steps=30, stage2_steps=300, eval_queries=3),
+    "default": DemoSizeConfig("default", num_scenes=6, frames_per_scene=40, frames_per_clip=8, clips_per_scene=2,
+                        resize_to=56, stage1_steps=30, stage2_steps=300, eval_queries=3),
 }
 
 
@@ -103,7 +103,7 @@ class DemoConfig:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
 
     @property
-    def preset(self) -> DemoSize:
+    def preset(self) -> DemoSizeConfig:
         return SIZES[self.size]
 
     def cpus(self) -> int:

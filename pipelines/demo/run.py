@@ -15,7 +15,6 @@ One local Ray instance (started here, used by every step), storage in one local 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 from pipelines import storage
+from pipelines.config import CliParser, ConfigSpec, UsageError, alias, print_config, run_cli
 from pipelines.demo import serving, steps
 from pipelines.demo.config import SIZES, DemoConfig, DemoPaths
 from pipelines.demo.runner import Progress, StepFailed, StepRecord
@@ -40,13 +40,14 @@ DEMO_ENV_DEFAULTS = {
     "OMP_NUM_THREADS": "1",
 }
 NUM_STEPS = 9
+SPEC = ConfigSpec(DemoConfig, "demo", {"default": dict})
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> CliParser:
     sizes = "; ".join(f"{s.name}: {s.num_scenes} scenes x {s.frames_per_scene} frames, {s.clips_per_scene} clip(s) "
                       f"of {s.frames_per_clip} frames per scene, {s.stage1_steps}+{s.stage2_steps} training steps"
                       for s in SIZES.values())
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="vidllm demo",
         description="Run the whole Vid-LLM system locally on synthetic scenes: generate ScanNet-format scenes, "
         "ingest them into clip shards, compute teacher targets, train Stage 1 and Stage 2 with DeepSpeed "
@@ -54,23 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
         "127.0.0.1 and ask it a question and a grounding query over HTTP. Rerunning reuses finished steps; "
         "--fresh starts over. Each step's output goes to <workdir>/logs/<step>.log.",
         epilog=__doc__.split("\n", 2)[2] + "\nThe teacher models are RANDOM tiny stand-ins (no real weights offline), "
-        "so the answers show the system working end to end, not a trained model's quality.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "so the answers show the system working end to end, not a trained model's quality.\n\n" + SPEC.describe(),
     )
-    parser.add_argument("--workdir", default="vidllm_demo",
-                        help="local folder for everything (default: ./vidllm_demo); with --storage it keeps logs, "
-                        "the MLflow store, teacher checkpoints and caches")
-    parser.add_argument("--storage", default="",
-                        help="s3:// prefix for scenes, shards, checkpoints and exported models (default: the workdir; "
-                        "endpoint and credentials from the AWS environment)")
-    parser.add_argument("--size", choices=sorted(SIZES), default="default", help=f"how much work ({sizes})")
-    parser.add_argument("--port", type=int, default=0, help="HTTP port of Ray Serve on 127.0.0.1 (default: a free one)")
-    parser.add_argument("--keep-serving", action="store_true",
-                        help="leave the endpoint up after the demo until Ctrl-C")
-    parser.add_argument("--fresh", action="store_true", help="delete the results of earlier runs and start over")
-    parser.add_argument("--num-cpus", type=int, default=0, help="CPUs of the local Ray instance (default: all cores)")
-    parser.add_argument("--object-store-mb", type=int, default=512, help="Ray object store size in MiB")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic scenes")
+    group = SPEC.add_arguments(parser)
+    alias(group, "--workdir", "workdir",
+          help="local folder for everything (default: ./vidllm_demo); with --storage it keeps logs, the MLflow store, "
+          "teacher checkpoints and caches")
+    alias(group, "--storage", "storage",
+          help="s3:// prefix for scenes, shards, checkpoints and exported models (default: the workdir; endpoint and "
+          "credentials from the AWS environment)")
+    alias(group, "--size", "size", choices=sorted(SIZES), help=f"how much work ({sizes}; default: default)")
+    alias(group, "--port", "port", type=int, help="HTTP port of Ray Serve on 127.0.0.1 (default: a free one)")
+    alias(group, "--keep-serving", "keep_serving", const=True, help="leave the endpoint up after the demo until Ctrl-C")
+    alias(group, "--fresh", "fresh", const=True, help="delete the results of earlier runs and start over")
+    alias(group, "--num-cpus", "num_cpus", type=int, help="CPUs of the local Ray instance (default: all cores)")
+    alias(group, "--object-store-mb", "object_store_mb", type=int, help="Ray object store size in MiB (default 512)")
+    alias(group, "--seed", "seed", type=int, help="seed of the synthetic scenes (default 0)")
     return parser
 
 
@@ -176,20 +176,25 @@ def where(paths: DemoPaths, state: dict, final: dict) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return run_cli(lambda: _main(argv), "vidllm demo")
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = SPEC.resolve(args)
+    if args.print_config:
+        print_config(cfg)
+        return 0
+    paths = cfg.paths()
     try:
-        cfg = DemoConfig(workdir=args.workdir, storage=args.storage, size=args.size, num_cpus=args.num_cpus,
-                         object_store_mb=args.object_store_mb, port=args.port, keep_serving=args.keep_serving,
-                         fresh=args.fresh, seed=args.seed)
-        paths = cfg.paths()
         state = prepare(cfg, paths)
     except ValueError as err:
-        parser.error(str(err))
+        raise UsageError(str(err)) from None
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
-        parser.error("Ray is already initialised in this process; run the demo in a process of its own "
-                     "(`vidllm demo` or `python -m pipelines.demo`): it starts and stops its own local Ray instance")
+        raise UsageError("Ray is already initialised in this process; run the demo in a process of its own "
+                         "(`vidllm demo` or `python -m pipelines.demo`): it starts and stops its own local Ray "
+                         "instance")
     for key, value in DEMO_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     os.environ["MLFLOW_TRACKING_URI"] = paths.tracking_uri

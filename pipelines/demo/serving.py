@@ -35,11 +35,11 @@ def start(cfg: DemoConfig, paths: DemoPaths, model_uri: str, timeout_s: float = 
     from ray import serve
 
     from pipelines.serve.app import build_app
-    from pipelines.serve.config import HTTPSettings, ServeConfig
+    from pipelines.serve.config import HTTPConfig, ServeConfig
 
     port = cfg.port or free_port()
     config = ServeConfig.tiny(model_uri, model_cache_dir=paths.serve_cache, app_name=APP_NAME,
-                              http=HTTPSettings(host="127.0.0.1", port=port, request_timeout_s=60.0))
+                              http=HTTPConfig(host="127.0.0.1", port=port, request_timeout_s=60.0))
     run_dir = os.path.join(paths.workdir, "serve")
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "serve_config.resolved.json"), "w") as f:

@@ -72,7 +72,7 @@ def ingest_config(cfg: DemoConfig):
 
     size = cfg.preset
     return IngestConfig(frames_per_clip=size.frames_per_clip, min_valid_frames=size.frames_per_clip,
-                        clips_per_scene=size.clips_per_scene, short_side=size.short_side,
+                        clips_per_scene=size.clips_per_scene, resize_to=size.resize_to,
                         target_shard_bytes=1024**2)
 
 
@@ -163,7 +163,7 @@ def train_config(cfg: DemoConfig, paths: DemoPaths, stage: int, init_from: str =
         base,
         init_from=init_from if stage == 2 else "",
         data=dataclasses.replace(base.data, manifest_uri=mf.manifest_uri(paths.train_shards), micro_batch_size=1,
-                                 task_mix=dict(STAGE2_TASK_MIX), max_text_tokens=96),
+                                 task_mix=dict(STAGE2_TASK_MIX)),
         optim=dataclasses.replace(base.optim, warmup_steps=1),
         schedule=dataclasses.replace(base.schedule, max_steps=steps, checkpoint_every=steps,
                                      log_every=max(1, steps // 20)),

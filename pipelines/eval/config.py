@@ -3,18 +3,22 @@
 :class:`EvalJobConfig` holds what the job does (tasks, which clip and annotations are scored, generation lengths)
 and how Ray runs it (clips per batch, actor pool size, GPUs per actor); the scoring protocol itself is the
 harness's :class:`~pipelines.eval.harness.EvalConfig`, nested as ``protocol``. The resolved config is saved as
-``<out>/eval_config.json`` and logged as MLflow params.
+``<out>/eval_config.json`` and logged as MLflow params. Loading, type coercion and error messages follow
+:mod:`pipelines.config` (presets ``default`` and ``tiny``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
+from pipelines import config as pconfig
 from pipelines.eval.harness import EvalConfig
 from pipelines.eval.predictions import TASKS
+from pipelines.eval.proposals import MASK_FORMATS, PROPOSAL_FORMATS
+
+QUERY_SELECTIONS: tuple[str, ...] = ("stratified", "first")
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,9 @@ class EvalJobConfig:
         clip_index: which clip of each scene is evaluated (one clip per scene: the benchmarks key answers by
             question and boxes by scene). None takes the scene's lowest clip index.
         max_queries_per_task: cap on the questions / queries / objects per task and scene (smoke runs); None = all.
+        query_selection: which entries a cap keeps: ``stratified`` (round robin over the groups of the scene, in
+            file order within a group: QA question families, ScanRefer target objects, Multi3DRefer eval types,
+            so that a cap of N does not take N questions of one family) or ``first`` (the first N, file order).
         batch_size: clips per ``map_batches`` batch handed to one model actor.
         prompt_batch_size: prompts generated together for one clip.
         concurrency: number of model actors (each loads the model once).
@@ -42,13 +49,21 @@ class EvalJobConfig:
         experiment: MLflow experiment name.
         num_examples: example predictions drawn in the report.
         plots: draw plots (needs matplotlib).
-        protocol: the harness's scoring protocol.
+        protocol: the harness's scoring protocol (including the grounding and captioning protocols).
+        proposals: instance proposals (file or folder URI, :mod:`pipelines.eval.proposals`); needed when a protocol
+            list of ``protocol`` has ``proposals``. Grounding boxes are snapped to them and, for Scan2Cap, every
+            proposal of a scene is captioned.
+        proposals_format: one of :data:`~pipelines.eval.proposals.PROPOSAL_FORMATS`.
+        proposals_scans_root: ScanNet root with ``scans/<scene_id>/`` meshes (mask formats only).
+        max_proposals_per_scene: caption at most this many proposals per scene (highest scores first, else file
+            order; Video-3D LLM and VG-LLM use LEO's first 50); None = all.
     """
 
     tasks: tuple[str, ...] = TASKS
     split: str | None = None
     clip_index: int | None = None
     max_queries_per_task: int | None = None
+    query_selection: str = "stratified"
     batch_size: int = 2
     prompt_batch_size: int = 16
     concurrency: int = 1
@@ -63,6 +78,10 @@ class EvalJobConfig:
     num_examples: int = 4
     plots: bool = True
     protocol: EvalConfig = field(default_factory=EvalConfig)
+    proposals: str = ""
+    proposals_format: str = "vidllm"
+    proposals_scans_root: str = ""
+    max_proposals_per_scene: int | None = None
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -90,44 +109,45 @@ class EvalJobConfig:
             raise ValueError(f"num_examples must be >= 0, got {self.num_examples}")
         if not self.experiment:
             raise ValueError("experiment must not be empty")
+        if self.query_selection not in QUERY_SELECTIONS:
+            raise ValueError(f"query_selection must be one of {QUERY_SELECTIONS}, got {self.query_selection!r}")
+        if self.proposals_format not in PROPOSAL_FORMATS:
+            raise ValueError(f"proposals_format must be one of {PROPOSAL_FORMATS}, got {self.proposals_format!r}")
+        if self.uses_proposals and not self.proposals:
+            raise ValueError("the 'proposals' protocol needs proposals (the URI of an instance proposal file)")
+        if self.proposals and self.proposals_format in MASK_FORMATS and not self.proposals_scans_root:
+            raise ValueError(f"proposals_format {self.proposals_format!r} needs proposals_scans_root (the meshes)")
+        if self.max_proposals_per_scene is not None and self.max_proposals_per_scene < 1:
+            raise ValueError(f"max_proposals_per_scene must be >= 1, got {self.max_proposals_per_scene}")
+
+    @property
+    def uses_proposals(self) -> bool:
+        """Whether an evaluated task is scored under the ``proposals`` protocol."""
+        grounding = {"scanrefer", "multi3drefer"} & set(self.tasks) and "proposals" in self.protocol.grounding_protocols
+        captioning = "scan2cap" in self.tasks and "proposals" in self.protocol.captioning_protocols
+        return bool(grounding or captioning)
 
     @classmethod
     def tiny(cls) -> EvalJobConfig:
         """Smoke-test preset: a few queries per task and scene, short generations, one CPU actor."""
-        return cls(max_queries_per_task=3, batch_size=2, prompt_batch_size=8, max_new_tokens_answer=6,
-                   max_new_tokens_caption=8, num_examples=2)
+        return cls(**tiny())
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["tasks"] = list(self.tasks)
-        d["protocol"] = self.protocol.to_dict()
-        return d
+        return pconfig.to_dict(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> EvalJobConfig:
         """Build from a (possibly partial) dict, rejecting unknown keys so that a typo never goes unnoticed."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"unknown eval config keys {unknown}; known: {sorted(known)}")
-        data = dict(raw)
-        if "tasks" in data:
-            data["tasks"] = tuple(data["tasks"])
-        if "protocol" in data and not isinstance(data["protocol"], EvalConfig):
-            proto = dict(data["protocol"])
-            proto_known = {f.name for f in fields(EvalConfig)}
-            bad = sorted(set(proto) - proto_known)
-            if bad:
-                raise ValueError(f"unknown eval protocol keys {bad}; known: {sorted(proto_known)}")
-            if "iou_thresholds" in proto:
-                proto["iou_thresholds"] = tuple(proto["iou_thresholds"])
-            data["protocol"] = EvalConfig(**proto)
-        return cls(**data)
-
-    @classmethod
-    def from_json_file(cls, path: str) -> EvalJobConfig:
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        return SPEC.from_dict(raw)
 
     def replace(self, **changes: Any) -> EvalJobConfig:
         return dataclasses.replace(self, **changes)
+
+
+def tiny() -> dict[str, Any]:
+    """The ``tiny`` preset: a few queries per task and scene, short generations, one CPU actor."""
+    return {"max_queries_per_task": 3, "batch_size": 2, "prompt_batch_size": 8, "max_new_tokens_answer": 6,
+            "max_new_tokens_caption": 8, "num_examples": 2}
+
+
+SPEC = pconfig.ConfigSpec(EvalJobConfig, "eval", {"default": dict, "tiny": tiny})

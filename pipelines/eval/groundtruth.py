@@ -5,7 +5,8 @@ any records carrying the published field names (objects with attributes, or the 
 harness depends only on the field names of the datasets (see the reference's §3.2):
 
 * ScanQA / SQA3D: ``question_id``, ``scene_id``, ``answers`` (strings, or SQA3D's ``[{"answer": ...}]``),
-  optional ``question``.
+  optional ``question``, optional question family (``family``, else ``question_type`` unless ``"N/A"``; without
+  either the template rule :func:`pipelines.eval.metrics.qa.question_family` of the question text).
 * ScanRefer: ``scene_id``, ``object_id``, ``ann_id``, ``description``, optional ``eval_type`` (unique/multiple).
 * Multi3DRefer: ``scene_id``, ``object_ids`` (possibly empty), ``ann_id``, ``description``, ``eval_type``.
 * Scan2Cap: ScanRefer records of the split, or ``read_scan2cap``'s grouped records (``captions``), turned into
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.eval.metrics.boxes import as_boxes
+from pipelines.eval.metrics.qa import question_family
 from pipelines.scenes.types import SceneMetadata
 
 ObjectKey = tuple[str, int]
@@ -32,12 +34,18 @@ ObjectKey = tuple[str, int]
 
 @dataclass(frozen=True)
 class QAItem:
-    """One question with its ground-truth answers (ScanQA: several, SQA3D: one)."""
+    """One question with its ground-truth answers (ScanQA: several, SQA3D: one).
+
+    ``family`` is the question family (counting, colour, ...); ``family_from_annotation`` says whether the
+    annotation carried it or the template rule derived it from the question.
+    """
 
     question_id: str
     scene_id: str
     answers: tuple[str, ...]
     question: str = ""
+    family: str = "other"
+    family_from_annotation: bool = False
 
     def __post_init__(self) -> None:
         if not self.answers:
@@ -116,17 +124,31 @@ def _answers(rec: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def record_family(rec: Any) -> tuple[str, bool]:
+    """``(family, from_annotation)`` of a QA record: its ``family``, else a ``question_type`` other than ``"N/A"``,
+    else :func:`~pipelines.eval.metrics.qa.question_family` of its ``question``."""
+    for name in ("family", "question_type"):
+        value = _get(rec, name)
+        if isinstance(value, str) and value.strip() and value.strip() != "N/A":
+            return value.strip(), True
+    return question_family(str(_get(rec, "question", "") or "")), False
+
+
 def qa_items(records: Iterable[Any]) -> tuple[QAItem, ...]:
     """ScanQA / SQA3D records (dicts or objects with the published field names) -> :class:`QAItem`."""
-    return tuple(
-        QAItem(
+    out = []
+    for r in records:
+        question = str(_get(r, "question", "") or "")
+        family, annotated = record_family(r)
+        out.append(QAItem(
             question_id=str(_require(r, "question_id")),
             scene_id=str(_require(r, "scene_id")),
             answers=_answers(r),
-            question=str(_get(r, "question", "") or ""),
-        )
-        for r in records
-    )
+            question=question,
+            family=family,
+            family_from_annotation=annotated,
+        ))
+    return tuple(out)
 
 
 def refer_items(records: Iterable[Any]) -> tuple[ReferItem, ...]:

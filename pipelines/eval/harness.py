@@ -7,6 +7,14 @@
   key, is an error: it means the prediction file and the split disagree.
 * Accuracies, EM, F1 and caption metrics are percentages (CIDEr x 100 as papers report it); depth AbsRel is a ratio.
 * Boxes in the ``first_camera`` frame are mapped to the benchmark frame with ``GroundTruth.first_camera_to_aligned``.
+* Protocols: ScanRefer and Multi3DRefer are scored under every protocol of ``EvalConfig.grounding_protocols``
+  (``free_form``: the predicted boxes as they are; ``proposals``: each predicted box replaced by an instance proposal
+  of its scene, :func:`pipelines.eval.metrics.grounding.snap_to_proposals`), Scan2Cap under every protocol of
+  ``EvalConfig.captioning_protocols`` (``gt_boxes`` / ``proposals``: which boxes the captions belong to). Results
+  nest by protocol: ``results["scanrefer"]["proposals"]["overall"]["acc@0.25"]``, so every number says which
+  protocol produced it. A scene that the proposal file lacks has no proposal (its queries miss) and is counted in
+  ``scenes_missing_proposals``.
+* QA results carry ``by_family``: EM per question family (see :mod:`pipelines.eval.metrics.qa`) with counts.
 * Reconstruction: depth must be at the ground-truth resolution; depth and pose metrics are computed per clip and
   averaged over clips (``num_*_scored`` says how many); clips without prediction are counted, not scored.
 """
@@ -25,17 +33,25 @@ from pipelines.eval.alignment import transform_boxes
 from pipelines.eval.groundtruth import GroundTruth, QAItem, ReferItem
 from pipelines.eval.metrics.boxes import as_boxes, box_iou_matrix
 from pipelines.eval.metrics.captions import DEFAULT_TOKENIZER, TOKENIZERS, CaptionScorer
-from pipelines.eval.metrics.grounding import DEFAULT_IOU_THRESHOLDS, multi3drefer_f1, scanrefer_accuracy
+from pipelines.eval.metrics.grounding import (
+    DEFAULT_IOU_THRESHOLDS,
+    multi3drefer_f1,
+    scanrefer_accuracy,
+    snap_to_proposals,
+)
 from pipelines.eval.metrics.qa import clean_answer, exact_match_scores, sqa3d_question_type, strip_prediction
 from pipelines.eval.metrics.reconstruction import depth_metrics, depth_metrics_median_scaled, pose_metrics
 from pipelines.eval.metrics.scan2cap import CaptionedBoxes, scan2cap_scores
 from pipelines.eval.predictions import (
+    CAPTIONING_PROTOCOLS,
+    GROUNDING_PROTOCOLS,
     TASKS,
     BoxPrediction,
     CaptionPrediction,
     Prediction,
     ReconstructionPrediction,
 )
+from pipelines.eval.proposals import SceneProposals
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,10 @@ class EvalConfig:
         scan2cap_strict_iou: Scan2Cap uses ``iou > k`` (official) instead of ``>=``.
         depth_max_m: ignore ground-truth depth beyond this range (None: keep all valid pixels).
         pose_threshold_deg: RRA / RTA threshold.
+        grounding_protocols: how ScanRefer / Multi3DRefer boxes are scored, a subset of
+            :data:`~pipelines.eval.predictions.GROUNDING_PROTOCOLS` (``proposals`` needs instance proposals).
+        captioning_protocols: the Scan2Cap protocols scored, a subset of
+            :data:`~pipelines.eval.predictions.CAPTIONING_PROTOCOLS`.
     """
 
     iou_thresholds: tuple[float, ...] = DEFAULT_IOU_THRESHOLDS
@@ -59,8 +79,17 @@ class EvalConfig:
     scan2cap_strict_iou: bool = False
     depth_max_m: float | None = None
     pose_threshold_deg: float = 30.0
+    grounding_protocols: tuple[str, ...] = ("free_form",)
+    captioning_protocols: tuple[str, ...] = ("gt_boxes",)
 
     def __post_init__(self) -> None:
+        for name, allowed in (("grounding_protocols", GROUNDING_PROTOCOLS),
+                              ("captioning_protocols", CAPTIONING_PROTOCOLS)):
+            value = getattr(self, name)
+            value = (value,) if isinstance(value, str) else tuple(value)
+            object.__setattr__(self, name, value)
+            if not value or len(set(value)) != len(value) or not set(value) <= set(allowed):
+                raise ValueError(f"{name} must be distinct values of {allowed}, got {list(value)}")
         if not self.iou_thresholds or any(not 0.0 < k <= 1.0 for k in self.iou_thresholds):
             raise ValueError(f"iou_thresholds must be non-empty values in (0, 1], got {self.iou_thresholds}")
         if self.caption_tokenizer not in TOKENIZERS:
@@ -72,7 +101,8 @@ class EvalConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["iou_thresholds"] = list(self.iou_thresholds)
+        for name in ("iou_thresholds", "grounding_protocols", "captioning_protocols"):
+            d[name] = list(getattr(self, name))
         return d
 
 
@@ -123,13 +153,17 @@ def _eval_qa(
 ) -> dict[str, Any]:
     index = _index(preds, task, lambda p: p.question_id, [i.question_id for i in items])
     answers: list[str] = [index[i.question_id].answer if i.question_id in index else "" for i in items]
+    normalize = task == "sqa3d" or cfg.scanqa_normalize
+    gt_answers = [i.answers for i in items]
+    out = exact_match_scores(answers, gt_answers, normalize=normalize, groups=[i.family for i in items])
+    out["by_family"] = out.pop("by_group")
+    sources = {i.family_from_annotation for i in items}
+    out["family_source"] = "mixed" if len(sources) > 1 else ("annotation" if sources == {True} else "template")
     if task == "sqa3d":
-        groups = [sqa3d_question_type(i.question) for i in items] if all(i.question for i in items) else None
-        out = exact_match_scores(answers, [i.answers for i in items], normalize=True, groups=groups)
-        if "by_group" in out:
-            out["by_type"] = out.pop("by_group")
+        if all(i.question for i in items):
+            types = [sqa3d_question_type(i.question) for i in items]
+            out["by_type"] = exact_match_scores(answers, gt_answers, normalize=True, groups=types)["by_group"]
     else:
-        out = exact_match_scores(answers, [i.answers for i in items], normalize=cfg.scanqa_normalize)
         assert scorer is not None
         # Caption metrics see the same strings as EM: stripped prediction, cleaned on both sides if normalising.
         norm = clean_answer if cfg.scanqa_normalize else str
@@ -140,8 +174,31 @@ def _eval_qa(
     return out
 
 
+def _snap(boxes: np.ndarray, scene: SceneProposals | None) -> np.ndarray:
+    """Predicted boxes -> the distinct proposals they select (first selection order), ``[M, 6]``."""
+    if scene is None or len(scene) == 0 or boxes.shape[0] == 0:
+        return np.zeros((0, 6))
+    chosen = snap_to_proposals(boxes, scene.boxes)
+    _, first = np.unique(chosen, return_index=True)
+    return scene.boxes[chosen[np.sort(first)]]
+
+
+def _protocol_boxes(
+    protocol: str, items: Sequence[ReferItem], boxes: list[np.ndarray],
+    proposals: Mapping[str, SceneProposals] | None,
+) -> tuple[list[np.ndarray], dict[str, int]]:
+    """The boxes scored under ``protocol`` per query, and the protocol's counters."""
+    if protocol == "free_form":
+        return boxes, {}
+    assert proposals is not None
+    missing = {i.scene_id for i in items} - set(proposals)
+    snapped = [_snap(b, proposals.get(i.scene_id)) for i, b in zip(items, boxes, strict=True)]
+    return snapped, {"scenes_missing_proposals": len(missing)}
+
+
 def _eval_scanrefer(
-    items: Sequence[ReferItem], preds: Sequence[Prediction], gt: GroundTruth, cfg: EvalConfig
+    items: Sequence[ReferItem], preds: Sequence[Prediction], gt: GroundTruth, cfg: EvalConfig,
+    proposals: Mapping[str, SceneProposals] | None,
 ) -> dict[str, Any]:
     for i in items:
         if len(i.object_ids) != 1:
@@ -154,23 +211,29 @@ def _eval_scanrefer(
         lambda p: (p.scene_id, p.object_id, p.ann_id),
         [(i.scene_id, i.object_ids[0], i.ann_id) for i in items],
     )
-    ious = []
+    tops = []
     for i in items:
         p = index.get((i.scene_id, i.object_ids[0], i.ann_id))
-        top = _aligned_boxes(p, gt, p.top1()) if p is not None else np.zeros((0, 6))
-        target = _gt_box(gt, i.scene_id, i.object_ids[0])
-        ious.append(float(box_iou_matrix(top, target)[0, 0]) if top.shape[0] else 0.0)
+        tops.append(_aligned_boxes(p, gt, p.top1()) if p is not None else np.zeros((0, 6)))
+    targets = [_gt_box(gt, i.scene_id, i.object_ids[0]) for i in items]
     has_types = all(i.eval_type is not None for i in items)
-    out: dict[str, Any] = scanrefer_accuracy(
-        ious, [i.eval_type for i in items] if has_types else None, cfg.iou_thresholds
-    )
-    out["answered"] = len(index)
-    out["mean_iou"] = float(np.mean(ious)) if ious else 0.0
+    out: dict[str, Any] = {}
+    for protocol in cfg.grounding_protocols:
+        boxes, counters = _protocol_boxes(protocol, items, tops, proposals)
+        ious = [float(box_iou_matrix(b[:1], t)[0, 0]) if b.shape[0] else 0.0
+                for b, t in zip(boxes, targets, strict=True)]
+        row: dict[str, Any] = scanrefer_accuracy(
+            ious, [i.eval_type for i in items] if has_types else None, cfg.iou_thresholds
+        )
+        row["answered"] = len(index)
+        row["mean_iou"] = float(np.mean(ious)) if ious else 0.0
+        out[protocol] = {**row, **counters}
     return out
 
 
 def _eval_multi3drefer(
-    items: Sequence[ReferItem], preds: Sequence[Prediction], gt: GroundTruth, cfg: EvalConfig
+    items: Sequence[ReferItem], preds: Sequence[Prediction], gt: GroundTruth, cfg: EvalConfig,
+    proposals: Mapping[str, SceneProposals] | None,
 ) -> dict[str, Any]:
     index = _index(
         preds, "multi3drefer", lambda p: (p.scene_id, p.ann_id), [(i.scene_id, i.ann_id) for i in items]
@@ -184,8 +247,12 @@ def _eval_multi3drefer(
         targets = [_gt_box(gt, i.scene_id, o)[0] for o in i.object_ids]
         gt_boxes.append(np.stack(targets) if targets else np.zeros((0, 6)))
         types.append(i.eval_type)
-    out: dict[str, Any] = multi3drefer_f1(pred_boxes, gt_boxes, types, cfg.iou_thresholds)
-    out["answered"] = len(index)
+    out: dict[str, Any] = {}
+    for protocol in cfg.grounding_protocols:
+        boxes, counters = _protocol_boxes(protocol, items, pred_boxes, proposals)
+        row: dict[str, Any] = multi3drefer_f1(boxes, gt_boxes, types, cfg.iou_thresholds)
+        row["answered"] = len(index)
+        out[protocol] = {**row, **counters}
     return out
 
 
@@ -193,23 +260,34 @@ def _eval_scan2cap(
     preds: Sequence[Prediction], gt: GroundTruth, cfg: EvalConfig, scorer: CaptionScorer
 ) -> dict[str, Any]:
     scenes = {s for s, _ in gt.scan2cap}
-    grouped: dict[str, list[CaptionPrediction]] = defaultdict(list)
+    single = cfg.captioning_protocols[0] if len(cfg.captioning_protocols) == 1 else None
+    grouped: dict[str, dict[str, list[CaptionPrediction]]] = {p: defaultdict(list) for p in cfg.captioning_protocols}
     for p in preds:
         if p.task != "scan2cap":
             continue
         if p.scene_id not in scenes:
             raise ValueError(f"scan2cap prediction for scene {p.scene_id!r}, which has no object to caption")
-        grouped[p.scene_id].append(p)
-    captioned = {
-        s: CaptionedBoxes(
-            np.concatenate([_aligned_boxes(p, gt, p.boxes) for p in ps]),
-            tuple(c for p in ps for c in p.captions),
+        protocol = p.protocol or single
+        if protocol is None:
+            raise ValueError(
+                f"scan2cap prediction for scene {p.scene_id!r} has no 'protocol', but the config scores "
+                f"several captioning protocols {list(cfg.captioning_protocols)}"
+            )
+        if protocol in grouped:
+            grouped[protocol][p.scene_id].append(p)
+    out: dict[str, Any] = {}
+    for protocol, per_scene in grouped.items():
+        captioned = {
+            s: CaptionedBoxes(
+                np.concatenate([_aligned_boxes(p, gt, p.boxes) for p in ps]),
+                tuple(c for p in ps for c in p.captions),
+            )
+            for s, ps in per_scene.items()
+        }
+        out[protocol] = scan2cap_scores(
+            gt.scan2cap, gt.boxes, captioned, scorer, cfg.iou_thresholds, cfg.scan2cap_strict_iou
         )
-        for s, ps in grouped.items()
-    }
-    return scan2cap_scores(
-        gt.scan2cap, gt.boxes, captioned, scorer, cfg.iou_thresholds, cfg.scan2cap_strict_iou
-    )
+    return out
 
 
 def _mean_dicts(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -267,6 +345,7 @@ def evaluate(
     tasks: Sequence[str] | None = None,
     config: EvalConfig | None = None,
     scorer: CaptionScorer | None = None,
+    proposals: Mapping[str, SceneProposals] | None = None,
 ) -> dict[str, Any]:
     """Score predictions against the ground truth for the requested tasks.
 
@@ -279,6 +358,9 @@ def evaluate(
         config: protocol choices (defaults: :class:`EvalConfig`).
         scorer: a caption scorer to reuse (its tokenizer must match ``config.caption_tokenizer``); one is created
             and closed here when None and a caption task is requested.
+        proposals: ``{scene_id: SceneProposals}`` (axis-aligned frame, :func:`pipelines.eval.proposals.
+            load_proposals`); required when ``config.grounding_protocols`` has ``proposals`` and a grounding task
+            is scored.
 
     Returns:
         ``{"config": {...}, "<task>": {...}}``, nested, JSON-serialisable (non-finite floats become None).
@@ -301,6 +383,8 @@ def evaluate(
             f"scorer (tokenizer {scorer.tokenizer!r}, meteor {scorer.use_meteor}) does not match the config "
             f"(tokenizer {cfg.caption_tokenizer!r}, meteor {cfg.meteor})"
         )
+    if proposals is None and "proposals" in cfg.grounding_protocols and {"scanrefer", "multi3drefer"} & set(selected):
+        raise ValueError("the 'proposals' grounding protocol needs instance proposals (none were given)")
     own_scorer = scorer is None and any(t in ("scanqa", "scan2cap") for t in selected)
     if own_scorer:
         scorer = CaptionScorer(cfg.caption_tokenizer, meteor=cfg.meteor)
@@ -310,9 +394,11 @@ def evaluate(
             if task in ("scanqa", "sqa3d"):
                 results[task] = _eval_qa(task, getattr(ground_truth, task), predictions, cfg, scorer)
             elif task == "scanrefer":
-                results[task] = _eval_scanrefer(ground_truth.scanrefer, predictions, ground_truth, cfg)
+                results[task] = _eval_scanrefer(ground_truth.scanrefer, predictions, ground_truth, cfg, proposals)
             elif task == "multi3drefer":
-                results[task] = _eval_multi3drefer(ground_truth.multi3drefer, predictions, ground_truth, cfg)
+                results[task] = _eval_multi3drefer(
+                    ground_truth.multi3drefer, predictions, ground_truth, cfg, proposals
+                )
             elif task == "scan2cap":
                 assert scorer is not None
                 results[task] = _eval_scan2cap(predictions, ground_truth, cfg, scorer)

@@ -6,18 +6,22 @@ Stages:
    intrinsics, ``boxes.json`` and the scene's ``annotations.json``) and picks ONE clip per scene
    (``clip_index``, default the scene's first): the benchmarks key answers by question and boxes by scene.
 2. Ray Data tasks (one per shard) decode the picked clips and select the annotation entries to score (``split``,
-   ``max_queries_per_task``; ``--annotations`` replaces the shards' entries with the benchmark files read by
-   :mod:`pipelines.scenes.annotations`).
+   ``max_queries_per_task`` with ``query_selection``; ``--annotations`` replaces the shards' entries with the
+   benchmark files read by :mod:`pipelines.scenes.annotations`), and attach the scene's instance proposals when a
+   ``proposals`` captioning protocol is configured.
 3. ``map_batches`` with the :class:`ClipPredictor` actor class (model loaded once per actor, arguments passed
    explicitly; ``num_gpus``/``batch_size``/``concurrency`` from :class:`~pipelines.eval.config.EvalJobConfig`)
    encodes each clip once and answers every prompt on it: ScanQA questions, SQA3D ``situation + question``,
-   Scan2Cap captions of the ground-truth boxes given in the prompt (first-camera frame), ScanRefer /
-   Multi3DRefer grounding, and the reconstruction (metric depth ``.npy`` and camera-from-world poses ``.npy``,
-   written by the actor under ``<out>/predictions/reconstruction/``).
+   Scan2Cap captions (protocol ``gt_boxes``: of the ground-truth boxes; ``proposals``: of every instance proposal
+   of the scene; the prompt carries the box in the first-camera frame), ScanRefer / Multi3DRefer grounding, and
+   the reconstruction (metric depth ``.npy`` and camera-from-world poses ``.npy``, written by the actor under
+   ``<out>/predictions/reconstruction/``).
 4. The driver converts grounding boxes from the model's first-camera metric frame to ScanNet's axis-aligned frame
-   with :mod:`pipelines.eval.alignment`: ``T_aligned<-first = axisAlignment @ cam_to_world[0]``. This is the ONLY
-   use of a ground-truth pose, it happens at evaluation and never reaches the model (the model sees frames only),
-   exactly as every video-based 3D LLM is scored against ScanNet boxes. It writes
+   with :mod:`pipelines.eval.alignment`: ``T_aligned<-first = axisAlignment @ cam_to_world[0]``. The ground-truth
+   pose is used only at evaluation, and only to move boxes between the benchmark frame and the model's frame: the
+   model sees frames and, for captioning, the box to describe in its own first-camera frame (ground-truth boxes
+   come so from ingest as ``*_first_cam``; proposals are mapped with the inverse transform), exactly as every
+   video-based 3D LLM is scored against ScanNet boxes. It writes
    ``<out>/predictions/predictions.jsonl`` (:mod:`pipelines.eval.predictions` format, boxes in the ``aligned``
    frame), reloads it through the strict loader and scores it with :func:`pipelines.eval.harness.evaluate`.
 
@@ -43,15 +47,17 @@ from typing import Any
 import numpy as np
 
 from pipelines import storage
-from pipelines.eval.alignment import first_camera_to_aligned, transform_boxes
+from pipelines.eval.alignment import aligned_boxes_to_first_camera, first_camera_to_aligned, transform_boxes
 from pipelines.eval.config import EvalJobConfig
 from pipelines.eval.groundtruth import (
     GroundTruth,
     ReconstructionTarget,
     qa_items,
+    record_family,
     refer_items,
     scan2cap_references,
 )
+from pipelines.eval.proposals import SceneProposals
 from pipelines.manifest import ManifestError, read_manifest, shard_uris, webdataset_pipeline
 from pipelines.schema import SchemaError, decode_clip_sample, split_key
 
@@ -106,13 +112,37 @@ def _object_ids(boxes: Mapping[str, Any]) -> set[int]:
     return {int(o["object_id"]) for o in boxes.get("objects", [])}
 
 
+def _stratum(task: str, entry: Mapping[str, Any]) -> str:
+    """The group an entry belongs to for stratified selection (see :func:`select_annotations`)."""
+    if task in ("scanqa", "sqa3d"):
+        return record_family(entry)[0]
+    if task == "scanrefer":
+        return str(entry["object_id"])
+    if task == "multi3drefer":
+        return str(entry.get("eval_type"))
+    return str(entry.get("object_id"))
+
+
+def _stratified(entries: Sequence[Any], key, limit: int) -> list[Any]:
+    """At most ``limit`` entries taken round robin over the groups ``key(entry)`` (groups in order of first
+    appearance, entries in file order within a group)."""
+    groups: dict[str, list[Any]] = {}
+    for e in entries:
+        groups.setdefault(key(e), []).append(e)
+    depth = max((len(g) for g in groups.values()), default=0)
+    return [g[i] for i in range(depth) for g in groups.values() if i < len(g)][:limit]
+
+
 def select_annotations(annotations: Mapping[str, list], boxes: Mapping[str, Any], tasks: Sequence[str],
-                       split: str | None, limit: int | None) -> tuple[dict[str, list], dict[str, int]]:
+                       split: str | None, limit: int | None, selection: str = "stratified"
+                       ) -> tuple[dict[str, list], dict[str, int]]:
     """The entries of each requested task to score on one clip, and how many were dropped per task.
 
     Grounding and captioning entries whose target objects have no box in ``boxes.json`` cannot be scored and are
-    dropped (counted); ``split`` and ``limit`` (first entries, file order) narrow the rest. Scan2Cap uses the
-    ``scan2cap`` set (ScanRefer grouped per object) or, when absent, the ScanRefer entries grouped here.
+    dropped (counted); ``split`` and ``limit`` narrow the rest. ``selection`` says which entries a limit keeps:
+    ``stratified`` takes them round robin over QA question families, ScanRefer target objects and Multi3DRefer
+    eval types (Scan2Cap entries are one per object already), ``first`` the first ones in file order. Scan2Cap uses
+    the ``scan2cap`` set (ScanRefer grouped per object) or, when absent, the ScanRefer entries grouped here.
     """
     known = _object_ids(boxes)
     out: dict[str, list] = {}
@@ -134,16 +164,36 @@ def select_annotations(annotations: Mapping[str, list], boxes: Mapping[str, Any]
             keep = entries
         if len(keep) < len(entries):
             dropped[task] = len(entries) - len(keep)
-        out[task] = keep[:limit] if limit is not None else keep
+        if limit is None:
+            out[task] = keep
+        elif selection == "stratified":
+            out[task] = _stratified(keep, lambda e, t=task: _stratum(t, e), limit)
+        else:
+            out[task] = keep[:limit]
     return out, dropped
 
 
+def _scene_proposals(aligned: list | None, boxes: Mapping[str, Any], cam_to_world: np.ndarray) -> dict | None:
+    """A scene's proposals in the benchmark frame and mapped into the clip's first-camera frame (for prompts)."""
+    if aligned is None:
+        return None
+    arr = np.asarray(aligned, np.float64).reshape(-1, 6)
+    axis = np.asarray(boxes.get("axis_alignment", np.eye(4)), np.float64)
+    first = aligned_boxes_to_first_camera(arr, axis, cam_to_world[0]) if arr.shape[0] else arr
+    return {"aligned": arr.tolist(), "first_camera": first.tolist()}
+
+
 def _decode_batch(batch: dict[str, np.ndarray], tasks: list[str], split: str | None, limit: int | None,
-                  annotations_json: str) -> dict[str, list]:
-    """Ray Data task: decode the picked clips of one shard; GT columns ride along for the driver."""
+                  annotations_json: str, selection: str = "stratified", proposals_json: str = "") -> dict[str, list]:
+    """Ray Data task: decode the picked clips of one shard; GT columns ride along for the driver.
+
+    ``proposals_json`` is ``{scene_id: [[cx, cy, cz, dx, dy, dz], ...]}`` (axis-aligned frame) of the scenes to
+    caption under the ``proposals`` protocol ("" = none); a scene the file lacks gets ``null``.
+    """
     override = json.loads(annotations_json) if annotations_json else None
+    proposals = json.loads(proposals_json) if proposals_json else None
     cols: dict[str, list] = {k: [] for k in ("key", "scene_id", "frames", "depth_gt", "cam_to_world", "boxes",
-                                             "annotations", "dropped")}
+                                             "annotations", "dropped", "proposals")}
     for shard, keys_json in zip(batch["shard"], batch["keys"], strict=True):
         wanted = set(json.loads(keys_json))
         for sample in webdataset_pipeline([str(shard)]):
@@ -152,11 +202,12 @@ def _decode_batch(batch: dict[str, np.ndarray], tasks: list[str], split: str | N
             clip = decode_clip_sample(sample)
             scene_id, _ = split_key(clip.key)
             source = override.get(scene_id, {}) if override is not None else clip.annotations
-            chosen, dropped = select_annotations(source, clip.boxes, tasks, split, limit)
+            chosen, dropped = select_annotations(source, clip.boxes, tasks, split, limit, selection)
+            props = _scene_proposals(proposals.get(scene_id), clip.boxes, clip.cam_to_world) if proposals else None
             for name, value in (("key", clip.key), ("scene_id", scene_id), ("frames", clip.frames),
                                 ("depth_gt", clip.depth_m), ("cam_to_world", clip.cam_to_world),
                                 ("boxes", json.dumps(clip.boxes)), ("annotations", json.dumps(chosen)),
-                                ("dropped", json.dumps(dropped))):
+                                ("dropped", json.dumps(dropped)), ("proposals", json.dumps(props))):
                 cols[name].append(value)
             wanted.discard(clip.key)
         if wanted:
@@ -183,7 +234,7 @@ class ClipPredictor:
     def __init__(self, model_uri: str, tracking_uri: str | None, config: dict[str, Any], out: str) -> None:
         import torch
 
-        from pipelines.eval.model_source import load_model_and_tokenizer, resolve_model
+        from pipelines.artifacts import load_model_and_tokenizer, resolve_model
 
         self.cfg = EvalJobConfig.from_dict(config)
         self.out = out
@@ -197,18 +248,23 @@ class ClipPredictor:
             started = time.perf_counter()
             records, prompts = self.predict_clip(str(batch["key"][i]), str(batch["scene_id"][i]),
                                                  np.asarray(batch["frames"][i]), json.loads(batch["boxes"][i]),
-                                                 json.loads(batch["annotations"][i]))
+                                                 json.loads(batch["annotations"][i]),
+                                                 json.loads(batch["proposals"][i]))
             out["records"].append(json.dumps(records))
             out["prompts"].append(prompts)
             out["seconds"].append(time.perf_counter() - started)
         # Ground-truth columns pass through unchanged (the model above never reads them).
-        for name in ("key", "scene_id", "depth_gt", "cam_to_world", "boxes", "annotations", "dropped"):
+        for name in ("key", "scene_id", "depth_gt", "cam_to_world", "boxes", "annotations", "dropped", "proposals"):
             out[name] = list(batch[name])
         return out
 
-    def predict_clip(self, key: str, scene_id: str, frames: np.ndarray, boxes: dict, ann: dict[str, list]
-                     ) -> tuple[list[dict], int]:
-        """Prediction records of one clip (boxes still in the first-camera frame) and the number of prompts."""
+    def predict_clip(self, key: str, scene_id: str, frames: np.ndarray, boxes: dict, ann: dict[str, list],
+                     proposals: dict | None = None) -> tuple[list[dict], int]:
+        """Prediction records of one clip (boxes still in the first-camera frame) and the number of prompts.
+
+        ``proposals`` (``{"aligned": [[6]], "first_camera": [[6]]}`` or None) are captioned under the
+        ``proposals`` captioning protocol when the clip has Scan2Cap objects to score.
+        """
         import torch
 
         cfg, model, tok = self.cfg, self.model, self.tokenizer
@@ -239,14 +295,19 @@ class ClipPredictor:
                     records.append(rec)
         objects = {int(o["object_id"]): o for o in boxes.get("objects", [])}
         targets = [objects[int(e["object_id"])] for e in ann.get("scan2cap", [])]
-        for chunk in _chunks(targets, cfg.prompt_batch_size):
-            first_cam = torch.tensor([o["center_first_cam"] + o["size_first_cam"] for o in chunk],
-                                     dtype=torch.float32, device=self.device)
-            captions = model.caption(scene, first_cam, tok, max_new_tokens=cfg.max_new_tokens_caption)
-            prompts += len(chunk)
-            # The captioned box is the ground-truth box itself, reported in the benchmark frame.
-            records.append({"task": "scan2cap", "scene_id": scene_id, "frame": "aligned",
-                            "boxes": [o["center"] + o["size"] for o in chunk], "captions": list(captions)})
+        captioned: list[tuple[str, list, list]] = []  # (protocol, boxes in the benchmark frame, first-camera boxes)
+        if "gt_boxes" in cfg.protocol.captioning_protocols:
+            captioned.append(("gt_boxes", [o["center"] + o["size"] for o in targets],
+                              [o["center_first_cam"] + o["size_first_cam"] for o in targets]))
+        if "proposals" in cfg.protocol.captioning_protocols and targets and proposals:
+            captioned.append(("proposals", proposals["aligned"], proposals["first_camera"]))
+        for protocol, aligned, first in captioned:
+            for chunk in _chunks(list(zip(aligned, first, strict=True)), cfg.prompt_batch_size):
+                first_cam = torch.tensor([f for _, f in chunk], dtype=torch.float32, device=self.device)
+                captions = model.caption(scene, first_cam, tok, max_new_tokens=cfg.max_new_tokens_caption)
+                prompts += len(chunk)
+                records.append({"task": "scan2cap", "scene_id": scene_id, "frame": "aligned", "protocol": protocol,
+                                "boxes": [a for a, _ in chunk], "captions": list(captions)})
         if "reconstruction" in cfg.tasks:
             records.append(self._write_reconstruction(key, scene_id, scene))
         return records, prompts
@@ -317,12 +378,15 @@ class CollectedClips:
 
 
 def run_inference(model_uri: str, data_uri: str, out: str, config: EvalJobConfig, tracking_uri: str | None,
-                  annotations: Mapping[str, dict] | None = None, progress=print) -> CollectedClips:
+                  annotations: Mapping[str, dict] | None = None, progress=print,
+                  proposals: Mapping[str, SceneProposals] | None = None) -> CollectedClips:
     """Plan, decode and predict with Ray Data; returns the gathered rows (needs a connected Ray).
 
     Args:
         annotations: ``{scene_id: {set: [entries]}}`` replacing the shards' annotations (``--annotations``).
         progress: called with one line per finished clip.
+        proposals: instance proposals (axis-aligned frame); captioned when the ``proposals`` captioning protocol is
+            configured (at most ``max_proposals_per_scene`` per scene).
     """
     import ray
 
@@ -330,10 +394,16 @@ def run_inference(model_uri: str, data_uri: str, out: str, config: EvalJobConfig
     total = sum(len(p["keys"]) for p in plan)
     progress(f"evaluating {total} clips from {len(plan)} shards of {data_uri}")
     items = [{"shard": p["shard"], "keys": json.dumps(p["keys"])} for p in plan]
+    to_caption = ""
+    if proposals is not None and "proposals" in config.protocol.captioning_protocols and "scan2cap" in config.tasks:
+        scenes = {split_key(k)[0] for p in plan for k in p["keys"]}
+        to_caption = json.dumps({s: proposals[s].top(config.max_proposals_per_scene).boxes.tolist()
+                                 for s in sorted(scenes & set(proposals))})
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         _decode_batch, batch_size=1, num_cpus=1,
         fn_kwargs={"tasks": list(config.tasks), "split": config.split, "limit": config.max_queries_per_task,
-                   "annotations_json": json.dumps(annotations) if annotations is not None else ""},
+                   "annotations_json": json.dumps(annotations) if annotations is not None else "",
+                   "selection": config.query_selection, "proposals_json": to_caption},
     ).map_batches(
         ClipPredictor, batch_size=config.batch_size, num_gpus=config.num_gpus, num_cpus=config.num_cpus,
         compute=ray.data.ActorPoolStrategy(size=config.concurrency),
@@ -351,3 +421,27 @@ def run_inference(model_uri: str, data_uri: str, out: str, config: EvalJobConfig
 
 def predictions_uri(out: str) -> str:
     return storage.join(out, PREDICTIONS_DIR, PREDICTIONS_NAME)
+
+
+def collect_ground_truth(data_uri: str, config: EvalJobConfig,
+                         annotations: Mapping[str, dict] | None = None) -> CollectedClips:
+    """The ground truth of the clips a model run would evaluate, read on the driver (no Ray, no model).
+
+    The same clips (``clip_index``) and annotation entries (``split``, ``max_queries_per_task``,
+    ``query_selection``) as :func:`run_inference`, so a prediction file of a run re-scores to the same numbers.
+
+    Raises:
+        DataSourceError: ``data_uri`` names no usable evaluation data.
+    """
+    collected = CollectedClips()
+    override = json.dumps(annotations) if annotations is not None else ""
+    for part in plan_clips(data_uri, config.clip_index):
+        cols = _decode_batch({"shard": np.array([part["shard"]]), "keys": np.array([json.dumps(part["keys"])])},
+                             list(config.tasks), config.split, config.max_queries_per_task, override,
+                             config.query_selection)
+        for i in range(len(cols["key"])):
+            row = {name: values[i] for name, values in cols.items()}
+            collected.add({**row, "records": "[]", "prompts": 0, "seconds": 0.0}, config.tasks)
+    if collected.dropped:
+        log.warning("annotation entries without a ground-truth box are not scored: %s", collected.dropped)
+    return collected

@@ -39,6 +39,10 @@ from pipelines.eval.metrics.boxes import as_boxes
 
 TASKS: tuple[str, ...] = ("scanqa", "sqa3d", "scanrefer", "multi3drefer", "scan2cap", "reconstruction")
 BOX_FRAMES: tuple[str, ...] = ("aligned", "first_camera")
+#: How grounding boxes are scored: as predicted, or snapped to instance proposals.
+GROUNDING_PROTOCOLS: tuple[str, ...] = ("free_form", "proposals")
+#: Which boxes were captioned for Scan2Cap: the ground-truth boxes given in the prompt, or instance proposals.
+CAPTIONING_PROTOCOLS: tuple[str, ...] = ("gt_boxes", "proposals")
 
 
 class PredictionFormatError(ValueError):
@@ -86,13 +90,14 @@ class BoxPrediction:
 
 @dataclass(frozen=True)
 class CaptionPrediction:
-    """Captioned boxes of one scene (Scan2Cap)."""
+    """Captioned boxes of one scene (Scan2Cap); ``protocol`` None = the config's single captioning protocol."""
 
     task: str
     scene_id: str
     boxes: np.ndarray
     captions: tuple[str, ...]
     frame: str = "aligned"
+    protocol: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,7 @@ _FIELDS: dict[str, tuple[set[str], set[str]]] = {  # task -> (required, optional
     "sqa3d": ({"question_id", "answer"}, set()),
     "scanrefer": ({"ann_id", "object_id", "boxes"}, {"scores", "frame"}),
     "multi3drefer": ({"ann_id", "boxes"}, {"scores", "frame"}),
-    "scan2cap": ({"boxes", "captions"}, {"frame"}),
+    "scan2cap": ({"boxes", "captions"}, {"frame", "protocol"}),
     "reconstruction": (set(), {"depth", "poses", "pose_convention"}),
 }
 
@@ -230,7 +235,10 @@ def parse_record(rec: Any, where: str = "<record>", base_dir: str = "") -> Predi
             raise ctx.fail("field 'captions' must be a list of strings")
         if len(captions) != boxes.shape[0]:
             raise ctx.fail(f"field 'captions' has {len(captions)} entries for {boxes.shape[0]} boxes")
-        return CaptionPrediction(task, scene_id, boxes, tuple(captions), frame)
+        protocol = rec.get("protocol")
+        if protocol is not None and protocol not in CAPTIONING_PROTOCOLS:
+            raise ctx.fail(f"field 'protocol' must be one of {CAPTIONING_PROTOCOLS}, got {protocol!r}")
+        return CaptionPrediction(task, scene_id, boxes, tuple(captions), frame, protocol)
     convention = rec.get("pose_convention", "cam_to_world")
     if convention not in ("cam_to_world", "world_to_cam"):
         raise ctx.fail(
@@ -287,13 +295,16 @@ def to_record(pred: Prediction) -> dict[str, Any]:
         rec["frame"] = pred.frame
         return rec
     if isinstance(pred, CaptionPrediction):
-        return {
+        rec = {
             "task": pred.task,
             "scene_id": pred.scene_id,
             "boxes": pred.boxes.tolist(),
             "captions": list(pred.captions),
             "frame": pred.frame,
         }
+        if pred.protocol is not None:
+            rec["protocol"] = pred.protocol
+        return rec
     raise TypeError(f"{type(pred).__name__} holds arrays; write them as .npy files and reference their paths")
 
 

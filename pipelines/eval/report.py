@@ -3,7 +3,9 @@
 :func:`write_report` writes, under one directory (local path or fsspec URI):
 
 * ``results.json``: the nested result of :func:`pipelines.eval.harness.evaluate`, protocol config included;
-* ``metrics.json``: the same numbers flattened to ``"task/split/metric"`` keys (what a tracker logs);
+* ``metrics.json``: the same numbers flattened to ``/``-joined keys (what a tracker logs), e.g.
+  ``scanrefer/proposals/unique/acc@0.25`` or ``scanqa/by_family/counting/em``; the key grammar is documented in
+  ``docs/evaluation.md``;
 * ``summary.md``: the headline metrics of the paper's tables, next to Vid-LLM's published values;
 * ``plots/<task>.png``: one bar chart per evaluated task (only when matplotlib is installed; it is an optional
   dependency, drawn through ``matplotlib.figure.Figure`` so no global pyplot state or backend is touched).
@@ -18,8 +20,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipelines import storage
+from pipelines.eval.predictions import CAPTIONING_PROTOCOLS, GROUNDING_PROTOCOLS
 
-# (task, path in the result dict, label). The headline columns of Vid-LLM's and its peers' tables.
+# (task, path in the result dict below the protocol level, label). The headline columns of Vid-LLM's and its
+# peers' tables. Tasks in PROTOCOL_TASKS nest their numbers by protocol; their rows repeat per protocol present.
 HEADLINE: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("scanqa", ("cider",), "ScanQA CIDEr"),
     ("scanqa", ("bleu4",), "ScanQA BLEU-4"),
@@ -40,15 +44,20 @@ HEADLINE: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("reconstruction", ("depth", "delta1"), "Depth delta<1.25 (metric)"),
     ("reconstruction", ("pose", "auc@30"), "Pose AUC@30"),
 )
+#: Tasks whose results nest by protocol (``results[task][protocol]``), in the order rows are listed.
+PROTOCOL_TASKS: dict[str, tuple[str, ...]] = {
+    "scanrefer": GROUNDING_PROTOCOLS, "multi3drefer": GROUNDING_PROTOCOLS, "scan2cap": CAPTIONING_PROTOCOLS,
+}
 
-# Vid-LLM's published values (secondary source, see the reference notes §1.9); for orientation only.
+# Vid-LLM's published values (secondary source, see the reference notes §1.9); for orientation only. The paper
+# scores ScanRefer and Scan2Cap with Mask3D proposals, so their values stand only next to the proposals rows.
 PAPER_VALUES: dict[str, float] = {
     "ScanQA CIDEr": 101.9,
     "ScanQA EM@1": 27.6,
     "SQA3D EM@1": 57.3,
-    "Scan2Cap CIDEr@0.5": 80.6,
-    "Scan2Cap METEOR@0.5": 28.7,
-    "ScanRefer Acc@0.25": 55.8,
+    "Scan2Cap CIDEr@0.5 [proposals]": 80.6,
+    "Scan2Cap METEOR@0.5 [proposals]": 28.7,
+    "ScanRefer Acc@0.25 [proposals]": 55.8,
 }
 
 
@@ -81,28 +90,60 @@ def _lookup(results: Mapping[str, Any], task: str, path: tuple[str, ...]) -> flo
 
 
 def headline_metrics(results: Mapping[str, Any]) -> dict[str, float]:
-    """The headline metrics present in ``results``, by table label."""
+    """The headline metrics present in ``results``, by table label; rows of protocol tasks are labelled
+    ``"<label> [<protocol>]"`` (e.g. ``"ScanRefer Acc@0.25 [proposals]"``)."""
     out = {}
     for task, path, label in HEADLINE:
+        if task in PROTOCOL_TASKS:
+            for protocol in PROTOCOL_TASKS[task]:
+                value = _lookup(results, task, (protocol, *path))
+                if value is not None:
+                    out[f"{label} [{protocol}]"] = value
+            continue
         value = _lookup(results, task, path)
         if value is not None:
             out[label] = value
     return out
 
 
+def family_rows(results: Mapping[str, Any]) -> list[tuple[str, str, float, float, int]]:
+    """``(task, family, EM, EM-R, count)`` of every QA task's ``by_family`` breakdown."""
+    rows = []
+    for task in ("scanqa", "sqa3d"):
+        for family, row in sorted((results.get(task) or {}).get("by_family", {}).items()):
+            rows.append((task, family, float(row["em"]), float(row["em_refined"]), int(row["count"])))
+    return rows
+
+
 def summary_markdown(results: Mapping[str, Any]) -> str:
-    """A Markdown table of the headline metrics next to the paper's values, plus the protocol config."""
+    """A Markdown table of the headline metrics next to the paper's values, per-family QA, and the protocol config.
+
+    Grounding and captioning rows name their protocol in brackets: ``free_form`` (predicted boxes as they are),
+    ``gt_boxes`` (captions of the ground-truth boxes given in the prompt) or ``proposals`` (instance proposals, the
+    paper's protocol); the paper's values are shown only next to comparable rows.
+    """
     lines = ["| Metric | This run | Vid-LLM (paper) |", "|---|---:|---:|"]
     for label, value in headline_metrics(results).items():
         paper = PAPER_VALUES.get(label)
         lines.append(f"| {label} | {value:.2f} | {'' if paper is None else f'{paper:.1f}'} |")
-    config = json.dumps(results.get("config", {}), sort_keys=True)
-    return "\n".join([*lines, "", f"Protocol: `{config}`", ""])
+    families = family_rows(results)
+    if families:
+        lines += ["", "| QA task | Question family | EM@1 | EM-R | Questions |", "|---|---|---:|---:|---:|"]
+        lines += [f"| {t} | {f} | {em:.2f} | {emr:.2f} | {n} |" for t, f, em, emr, n in families]
+    cfg = results.get("config", {})
+    protocols = (f"Protocols: grounding {', '.join(cfg.get('grounding_protocols', []))}; "
+                 f"captioning {', '.join(cfg.get('captioning_protocols', []))}")
+    config = json.dumps(cfg, sort_keys=True)
+    return "\n".join([*lines, "", protocols, "", f"Protocol config: `{config}`", ""])
 
 
 def matplotlib_available() -> bool:
     """Whether plots can be drawn (matplotlib is optional)."""
     return importlib.util.find_spec("matplotlib") is not None
+
+
+# Counters, not scores: left out of the bar charts.
+_NOT_PLOTTED = ("count", "num_", "answered", "matched", "median_scale", "scenes_missing")
 
 
 def plot_task(results: Mapping[str, Any], task: str) -> bytes:
@@ -119,7 +160,7 @@ def plot_task(results: Mapping[str, Any], task: str) -> bytes:
     flat = {
         k: v
         for k, v in flatten_metrics({task: results[task]}).items()
-        if not k.rsplit("/", 1)[-1].startswith(("count", "num_", "answered", "matched", "median_scale"))
+        if not k.rsplit("/", 1)[-1].startswith(_NOT_PLOTTED)
     }
     fig = Figure(figsize=(max(4.0, 0.45 * len(flat) + 1.5), 4.0), layout="constrained")
     ax = fig.subplots()

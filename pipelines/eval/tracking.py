@@ -21,11 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pipelines import storage
-from pipelines.tracking import MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH
+from pipelines.tracking import MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH, RUN_FILE
 
 logger = logging.getLogger(__name__)
-
-RUN_FILE = "mlflow_run.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
 
 

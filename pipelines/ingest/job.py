@@ -178,20 +178,27 @@ def _jsonable(obj: Any) -> Any:
 
 
 def build_scene_clips(scene: SceneInput, config: IngestConfig, config_hash: str) -> list[ClipSample]:
-    """Open one scene, sample its clips and decode/resize only the sampled frames (runs inside a Ray worker)."""
+    """Open one scene, sample its clips and decode/resize only the sampled frames (runs inside a Ray worker).
+
+    Raises:
+        SceneDataError: the scene's own data errors, typed (the caller quarantines the scene with that reason).
+            Readers refuse frames of another size than the colour camera's (``FrameSizeMismatchError`` for
+            videos), since resizing them would pair the pixels with intrinsics of another size.
+    """
     from pipelines.scenes.metadata import read_scene_metadata
     from pipelines.scenes.open import open_scene
     from pipelines.scenes.types import SceneMetadata
 
     metadata = read_scene_metadata(scene.metadata_uri) if scene.metadata_uri else SceneMetadata(scene.scene_id)
-    with open_scene(scene.uri, layout=config.layout) as reader:
+    with open_scene(scene.uri, layout=config.layout, write_sens_index=config.write_sens_index,
+                    decode_budget=config.decode) as reader:
         clips_idx = select_clip_frames(
             reader.valid, config.frames_per_clip, config.clips_per_scene, config.stride,
             config.min_valid_frames, scene.uri,
         )
         wanted = sorted({i for clip in clips_idx for i in clip})
         plan = ResizePlan.for_size(reader.color_intrinsics.width, reader.color_intrinsics.height,
-                                   config.short_side, config.patch_multiple, config.resize_side)
+                                   config.resize_to, config.patch_multiple, config.resize_side)
         k_out = plan.intrinsics(reader.color_intrinsics.matrix)
         depth_map = (
             depth_sampling_map(k_out, plan.out_w, plan.out_h, reader.depth_intrinsics)

@@ -9,7 +9,7 @@ Frames (all OpenCV camera axes: x right, y down, z forward; metres):
   ``inv(T_0) @ inv(axis_alignment)``. The first-camera box is the AABB of the 8 mapped corners.
 
 Images: the colour frame is resized (bicubic, antialiased by PIL) so its shorter (default) or longer side is
-``short_side`` and then centre-cropped to multiples of ``patch_multiple`` (1296x968 -> 686x518 with the shorter
+``resize_to`` and then centre-cropped to multiples of ``patch_multiple`` (1296x968 -> 686x518 with the shorter
 side, 518x378 with the longer one, the paper's size); ``K`` follows exactly (pixel-centre convention). Depth is resampled
 with nearest neighbour onto the OUTPUT colour pixels through ``K_depth @ inv(K_out)``, which also registers depth
 taken at another resolution/intrinsics (ScanNet: 640x480 depth vs 1296x968 colour; the small colour-depth baseline
@@ -91,7 +91,10 @@ class ResizePlan:
         return cls(width, height, rw, rh, ow, oh, (rw - ow) // 2, (rh - oh) // 2)
 
     def image(self, rgb: np.ndarray) -> np.ndarray:
-        """``[src_h, src_w, 3]`` uint8 -> ``[out_h, out_w, 3]`` uint8."""
+        """``[src_h, src_w, 3]`` uint8 -> ``[out_h, out_w, 3]`` uint8 (another input size is a ``ValueError``: the
+        plan's intrinsics hold for ``src_w x src_h`` only)."""
+        if rgb.shape[:2] != (self.src_h, self.src_w):
+            raise ValueError(f"image is {rgb.shape[1]}x{rgb.shape[0]}, the resize plan is for {self.src_w}x{self.src_h}")
         im = Image.fromarray(rgb).resize((self.resized_w, self.resized_h), Image.Resampling.BICUBIC)
         box = (self.off_x, self.off_y, self.off_x + self.out_w, self.off_y + self.out_h)
         return np.asarray(im.crop(box), dtype=np.uint8)

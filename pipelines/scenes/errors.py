@@ -43,3 +43,16 @@ class UnsupportedCompressionError(SceneDataError):
 class MissingFrameFileError(MissingFileError, FrameCountMismatchError):
     """A per-frame file (pose, depth) is absent for a frame the colour images have: both a missing file and a
     frame-count mismatch, so callers may catch either."""
+
+
+class UnsupportedContainerError(CorruptDataError):
+    """A file is not in one of the container formats the reader may open (playlists, images and other demuxers
+    are refused before FFmpeg reads past the probe)."""
+
+
+class DecodeBudgetError(SceneDataError):
+    """A video would cost more than its decode budget (frame size, frame count, decoded bytes or wall time)."""
+
+
+class FrameSizeMismatchError(SceneDataError):
+    """Decoded frames do not have the size the scene declares for them (their intrinsics would be wrong)."""

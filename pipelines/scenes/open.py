@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import posixpath
 
+from pipelines.scenes.decode_budget import DecodeBudget
 from pipelines.scenes.errors import MissingFileError, SceneDataError
 from pipelines.scenes.export_layout import ExportReader
 from pipelines.scenes.posed_images import PosedImagesReader
@@ -67,12 +68,16 @@ def detect_layout(uri: str) -> str:
     )
 
 
-def open_scene(uri: str, layout: str = "auto") -> SceneReader:
+def open_scene(uri: str, layout: str = "auto", write_sens_index: bool = False,
+               decode_budget: DecodeBudget | None = None) -> SceneReader:
     """Open the scene at ``uri`` (local path or URI) and return its reader.
 
     Args:
         uri: a scene folder, or a ``.sens`` file.
         layout: one of ``"sens"``, ``"export"``, ``"posed_images"``, ``"video"``, or ``"auto"`` to detect it.
+        write_sens_index: a ``.sens`` reader that had to scan the file writes its sidecar index (see
+            :class:`~pipelines.scenes.sens.SensReader`).
+        decode_budget: the budget of video decoding (the ``video`` layout); ``None`` = the default budget.
 
     Raises:
         ValueError: an unknown ``layout`` name.
@@ -85,13 +90,13 @@ def open_scene(uri: str, layout: str = "auto") -> SceneReader:
         sens = _find_sens(uri)
         if sens is None:
             raise MissingFileError(uri, "no .sens file at this path")
-        return SensReader(sens)
+        return SensReader(sens, write_index=write_sens_index)
     if layout == "export":
         return ExportReader(uri)
     if layout == "posed_images":
         return PosedImagesReader(uri)
     if layout == "video":
-        return VideoSceneReader(uri)
+        return VideoSceneReader(uri, budget=decode_budget or DecodeBudget())
     raise ValueError(f"unknown layout {layout!r}; expected 'auto' or one of {LAYOUTS}")
 
 

@@ -11,17 +11,22 @@ Layout (all little-endian, as written by ScanNet's ``SensorData``; see ``docs/fo
 
 Files written by the C++ tools may carry IMU records after the last frame; they are ignored.
 
-Opening a :class:`SensReader` reads the header and then only the 96-byte header of every frame, seeking over the
-payloads, so a frame of a multi-gigabyte file on S3 costs a few small range requests instead of a full download.
-The fsspec file is opened without read-ahead (``cache_type="none"``) for exactly that reason: with s3fs's default
-5 MiB read-ahead every frame-header read would fetch megabytes of image data.
+A :class:`SensReader` gets the frame index (poses, offsets) from a sidecar index file when there is one, else from
+one sequential download of a file on object storage, else by seeking over a local file's frame headers; see the
+class. Random reads go through an fsspec file without read-ahead (``cache_type="none"``): with s3fs's default 5 MiB
+read-ahead every small read would fetch megabytes of image data.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
+import os
 import posixpath
 import struct
+import tempfile
+import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -37,7 +42,7 @@ from pipelines.scenes.errors import (
     UnsupportedVersionError,
 )
 from pipelines.scenes.types import Frame, Intrinsics, SceneReader, pose_is_valid
-from pipelines.storage import filesystem
+from pipelines.storage import filesystem, read_bytes, write_bytes
 
 SENS_VERSION = 4
 COLOR_COMPRESSION = {-1: "unknown", 0: "raw", 1: "png", 2: "jpeg"}
@@ -49,6 +54,11 @@ _FRAME_HEADER = struct.Struct(
 )  # camera_to_world, timestamp_color, timestamp_depth, color/depth sizes
 DEFAULT_FPS = 30.0  # ScanNet's capture rate, used when a file carries no timestamps
 DEFAULT_SENSOR_NAME = "StructureSensor"
+INDEX_SUFFIX = ".index.npz"
+INDEX_FORMAT = 1
+_INDEX_KEYS = ("format", "size", "version", "header", "offsets", "sizes", "poses", "stamps")
+
+log = logging.getLogger(__name__)
 
 
 # --- codecs shared by the ScanNet layouts -------------------------------------------------------------------
@@ -132,27 +142,70 @@ class SensHeader:
 class SensReader(SceneReader):
     """Random access to the frames of a ScanNet ``.sens`` file at a local path or URI.
 
+    Opening needs every frame's pose (to skip frames with lost tracking) and offset, which are spread over the
+    whole file between the payloads. Where they come from, cheapest first:
+
+    1. The sidecar index ``<file>.index.npz`` (:func:`index_uri`), when present and matching the file (size and
+       ETag/mtime): one GET, and then each frame costs one range GET (colour and depth are contiguous).
+    2. Otherwise, for a file on object storage (``spool=None`` default): one sequential download (a single GET) into
+       a local spool file, unlinked at once and gone when the reader closes; every later read is local. That is
+       the cost of a whole-scene sample, whose frames lie all over the file anyway, instead of a request per frame
+       header.
+    3. Otherwise (local files, or ``spool=False``): seek from frame header to frame header reading 96 bytes each.
+
+    Before any of these, one listing of the file's folder gives its size and version and tells whether a sidecar
+    exists (on S3 one LIST, often already cached by layout detection). With ``write_index=True`` a reader that had
+    to scan writes the sidecar (one PUT), so later opens take route 1. A sidecar that cannot be written (read-only
+    storage) is skipped with a warning.
+
     Attributes (besides :class:`SceneReader`'s):
         header: the parsed :class:`SensHeader`.
         timestamps_us: ``[N, 2]`` uint64 raw colour/depth timestamps in microseconds.
         frame_offsets: ``[N]`` int64 byte offset of each frame record.
+        index_source: ``"sidecar"`` or ``"scan"`` (where the frame index came from).
+        spooled: whether the file was downloaded into a local spool file.
 
     ``timestamps_s`` are colour timestamps relative to the first frame; files whose timestamps are all zero (some
     ScanNet scans) get ``index / 30`` seconds.
     """
 
-    def __init__(self, uri: str, scene_id: str | None = None, block_size: int = 2**16):
+    def __init__(self, uri: str, scene_id: str | None = None, block_size: int = 2**16, spool: bool | None = None,
+                 spool_dir: str = "", write_index: bool = False):
         self.uri = uri
         self.scene_id = scene_id or _stem(uri)
         fs, path = filesystem(uri)
-        if not fs.exists(path):
-            raise MissingFileError(uri, ".sens file does not exist")
-        self._file = fs.open(path, "rb", block_size=block_size, cache_type="none")
-        self._bytes_read = 0
+        # One listing of the folder gives the file's size and version and tells whether a sidecar index exists
+        # (on object stores: one LIST, often already cached by the layout detection, instead of two HEADs).
         try:
-            self._size = int(fs.size(path))
-            self.header = self._read_header()
-            self._index_frames()
+            listing = {e["name"].rstrip("/"): e for e in fs.ls(posixpath.dirname(path), detail=True)}
+        except FileNotFoundError:
+            listing = {}
+        info = listing.get(path.rstrip("/"), {})
+        if info.get("type") != "file":
+            raise MissingFileError(uri, ".sens file does not exist")
+        self._size = int(info["size"])
+        self._version = _object_version(info)
+        self._bytes_read = 0
+        index = self._read_sidecar() if path + INDEX_SUFFIX in listing else None
+        self.index_source = "sidecar" if index is not None else "scan"
+        self.spooled = bool(spool) if spool is not None else index is None and not _is_local(fs)
+        if self.spooled:
+            self._file = _spool(fs, path, spool_dir)
+            self._bytes_read = self._size
+            self._source = None
+        else:
+            # The size is known already: passing it saves object stores a metadata request per open.
+            self._file = fs.open(path, "rb", block_size=block_size, cache_type="none", size=self._size)
+            self._source = (fs, path)
+        try:
+            if index is not None:
+                self.header = self._read_header(io.BytesIO(index["header"].tobytes()), count=False)
+                self._set_index(index["offsets"], index["sizes"], index["poses"], index["stamps"])
+            else:
+                self.header = self._read_header(self._file, count=not self.spooled)
+                self._index_frames()
+                if write_index:
+                    self._write_sidecar()
         except BaseException:
             self._file.close()
             raise
@@ -166,13 +219,14 @@ class SensReader(SceneReader):
 
     @property
     def bytes_read(self) -> int:
-        """Bytes this reader has read from the file so far (headers, index and payloads)."""
+        """Bytes this reader has read from the file's storage so far (the whole file once when spooled)."""
         return self._bytes_read
 
-    def _read_exact(self, n: int, what: str) -> bytes:
-        pos = self._file.tell()
-        data = self._file.read(n)
-        self._bytes_read += len(data)
+    def _read_exact(self, f, n: int, what: str, count: bool = True) -> bytes:
+        pos = f.tell()
+        data = f.read(n)
+        if count:
+            self._bytes_read += len(data)
         if len(data) != n:
             raise TruncatedFileError(
                 self.uri,
@@ -180,22 +234,22 @@ class SensReader(SceneReader):
             )
         return data
 
-    def _read_header(self) -> SensHeader:
+    def _read_header(self, f, count: bool) -> SensHeader:
         if self._size == 0:
             raise TruncatedFileError(self.uri, "file is empty (0 bytes), expected a .sens header")
-        (version,) = struct.unpack("<I", self._read_exact(4, "header version"))
+        (version,) = struct.unpack("<I", self._read_exact(f, 4, "header version", count))
         if version != SENS_VERSION:
             raise UnsupportedVersionError(
                 self.uri, f".sens version {version}, this reader implements {SENS_VERSION}"
             )
-        (strlen,) = struct.unpack("<Q", self._read_exact(8, "header sensor-name length"))
+        (strlen,) = struct.unpack("<Q", self._read_exact(f, 8, "header sensor-name length", count))
         if strlen > self._size:
             raise TruncatedFileError(
                 self.uri, f"sensor-name length {strlen} exceeds the file size {self._size}"
             )
-        name = self._read_exact(strlen, "header sensor name").decode("utf-8", errors="replace")
+        name = self._read_exact(f, strlen, "header sensor name", count).decode("utf-8", errors="replace")
         rest = struct.Struct("<64f2i4If Q")
-        vals = rest.unpack(self._read_exact(rest.size, "header matrices and sizes"))
+        vals = rest.unpack(self._read_exact(f, rest.size, "header matrices and sizes", count))
         mats = [
             np.asarray(vals[i * 16 : (i + 1) * 16], dtype=np.float32).reshape(4, 4).astype(np.float64)
             for i in range(4)
@@ -216,14 +270,14 @@ class SensReader(SceneReader):
                 self.uri, f"header has image sizes {cw}x{ch}/{dw}x{dh} and depth_shift {shift}"
             )
         return SensHeader(
-            version, name, *mats, color_c, depth_c, cw, ch, dw, dh, float(shift), int(n), self._file.tell()
+            version, name, *mats, color_c, depth_c, cw, ch, dw, dh, float(shift), int(n), f.tell()
         )
 
     def _index_frames(self) -> None:
         n = self.header.num_frames
         offsets = np.zeros(n, dtype=np.int64)
         sizes = np.zeros((n, 2), dtype=np.int64)
-        poses = np.zeros((n, 4, 4), dtype=np.float64)
+        poses = np.zeros((n, 4, 4), dtype=np.float32)
         stamps = np.zeros((n, 2), dtype=np.uint64)
         pos = self.header.size_bytes
         for i in range(n):
@@ -233,7 +287,8 @@ class SensReader(SceneReader):
                     f"frame {i} of {n}: record header at offset {pos} runs past the end ({self._size} bytes)",
                 )
             self._file.seek(pos)
-            vals = _FRAME_HEADER.unpack(self._read_exact(_FRAME_HEADER.size, f"frame {i} header"))
+            vals = _FRAME_HEADER.unpack(
+                self._read_exact(self._file, _FRAME_HEADER.size, f"frame {i} header", not self.spooled))
             poses[i] = np.asarray(vals[:16], dtype=np.float32).reshape(4, 4)
             stamps[i] = vals[16:18]
             sizes[i] = vals[18:20]
@@ -244,34 +299,85 @@ class SensReader(SceneReader):
                     self.uri,
                     f"frame {i} of {n}: payload ends at offset {pos} past the end ({self._size} bytes)",
                 )
+        self._set_index(offsets, sizes, poses, stamps)
+
+    def _set_index(self, offsets: np.ndarray, sizes: np.ndarray, poses: np.ndarray, stamps: np.ndarray) -> None:
+        """Install the frame index; ``poses`` are the stored float32 values (``-inf`` kept)."""
+        n = self.header.num_frames
         self.frame_offsets = offsets
         self._payload_sizes = sizes
-        self.poses = poses
+        self._stored_poses = poses
+        self.poses = poses.astype(np.float64)
         self.timestamps_us = stamps
         if n and stamps[:, 0].any():
             self.timestamps_s = (stamps[:, 0].astype(np.float64) - float(stamps[0, 0])) / 1e6
         else:
             self.timestamps_s = np.arange(n, dtype=np.float64) / DEFAULT_FPS
 
+    def _read_sidecar(self) -> dict[str, np.ndarray] | None:
+        """The sidecar index, or None when it is unreadable or describes another version of the file."""
+        try:
+            data = read_bytes(index_uri(self.uri))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:  # e.g. no read permission on the sidecar: the file itself is still readable
+            log.warning("%s: cannot read the sidecar index (%s)", self.uri, exc)
+            return None
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                index = {k: npz[k] for k in _INDEX_KEYS}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            log.warning("%s: ignoring unreadable sidecar index (%s)", self.uri, exc)
+            return None
+        n = len(index["offsets"])
+        fits = (
+            int(index["format"]) == INDEX_FORMAT
+            and int(index["size"]) == self._size
+            and str(index["version"]) == self._version
+            and index["sizes"].shape == (n, 2) and index["poses"].shape == (n, 4, 4) and index["stamps"].shape == (n, 2)
+            and (n == 0 or int(index["offsets"][-1]) + _FRAME_HEADER.size + int(index["sizes"][-1].sum()) <= self._size)
+        )
+        if not fits:
+            log.info("%s: the sidecar index describes another version of the file; scanning instead", self.uri)
+            return None
+        return index
+
+    def _write_sidecar(self) -> None:
+        """Write ``<file>.index.npz`` (header bytes, offsets, payload sizes, stored poses, timestamps)."""
+        self._file.seek(0)
+        header = np.frombuffer(self._read_exact(self._file, self.header.size_bytes, "header", not self.spooled),
+                               np.uint8)
+        buf = io.BytesIO()
+        np.savez(buf, format=np.int64(INDEX_FORMAT), size=np.int64(self._size), version=np.str_(self._version),
+                 header=header, offsets=self.frame_offsets, sizes=self._payload_sizes, poses=self._stored_poses,
+                 stamps=self.timestamps_us)
+        try:
+            write_bytes(index_uri(self.uri), buf.getvalue())
+        except OSError as exc:  # the index is an optimisation: read-only storage still reads correctly
+            log.warning("%s: cannot write the sidecar index (%s)", self.uri, exc)
+
     def read_raw(self, index: int) -> tuple[bytes, bytes]:
-        """The compressed colour and depth payloads of frame ``index`` (two range reads)."""
+        """The compressed colour and depth payloads of frame ``index`` (one range read: they are contiguous)."""
         if not 0 <= index < self.num_frames:
             raise IndexError(f"{self.uri}: frame {index} out of range [0, {self.num_frames})")
         start = int(self.frame_offsets[index]) + _FRAME_HEADER.size
         csize, dsize = (int(s) for s in self._payload_sizes[index])
         self._file.seek(start)
-        color = self._read_exact(csize, f"frame {index} colour payload")
-        depth = self._read_exact(dsize, f"frame {index} depth payload")
-        return color, depth
+        data = self._read_exact(self._file, csize + dsize, f"frame {index} payloads", not self.spooled)
+        return data[:csize], data[csize:]
 
     def read_frame(self, index: int) -> Frame:
         return self._decode(index, *self.read_raw(index))
 
     def __iter__(self) -> Iterator[Frame]:
-        """All frames in order through one sequential, read-ahead stream (for ingest of whole scenes: a few large
-        range requests instead of two per frame)."""
-        fs, path = filesystem(self.uri)
-        with fs.open(path, "rb", block_size=2**23, cache_type="readahead") as f:
+        """All frames in order: from the spool file when spooled, else through one sequential, read-ahead stream
+        (a few large range requests instead of one per frame)."""
+        if self.spooled:
+            stream = contextlib.nullcontext(self._file)
+        else:
+            fs, path = self._source
+            stream = fs.open(path, "rb", block_size=2**23, cache_type="readahead", size=self._size)
+        with stream as f:
             for i in range(self.num_frames):
                 csize, dsize = (int(s) for s in self._payload_sizes[i])
                 f.seek(int(self.frame_offsets[i]) + _FRAME_HEADER.size)
@@ -309,6 +415,28 @@ class SensReader(SceneReader):
             cam_to_world=pose,
             valid=pose_is_valid(pose),
         )
+
+
+def index_uri(uri: str) -> str:
+    """Where the sidecar index of the ``.sens`` file at ``uri`` lives: ``<uri>.index.npz``."""
+    return uri + INDEX_SUFFIX
+
+
+def _object_version(info: dict) -> str:
+    """What tells one version of a file from another besides its size: the ETag on object stores, else mtime."""
+    return str(info.get("ETag") or info.get("mtime") or "")
+
+
+def _spool(fs, path: str, spool_dir: str):
+    """Download ``path`` (one GET) into a local file, open it, and unlink it at once: the open handle keeps the
+    bytes until it is closed, so no spool file outlives its reader, even after a crash."""
+    fd, local = tempfile.mkstemp(prefix="vidllm-sens-", suffix=".sens", dir=spool_dir or None)
+    os.close(fd)
+    try:
+        fs.get_file(path, local)
+        return open(local, "rb")  # noqa: SIM115 - the reader owns and closes the handle
+    finally:
+        os.unlink(local)
 
 
 def _raw_array(data: bytes, dtype, shape: tuple[int, ...], uri: str, what: str) -> np.ndarray:

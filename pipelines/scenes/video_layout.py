@@ -18,6 +18,9 @@ by timestamp. Layout of ``<root>/videos/<scene_id>/``::
 (file name), ``fps`` (nominal), ``video_start_s`` (sample-clock time of the first video frame),
 ``sync_tolerance_s``, ``color_size`` and ``depth_size`` (``[width, height]``), ``has_depth``, ``num_samples``
 (lines of poses.txt) and optionally ``num_frames`` (video frames, checked against the video or frame_times.txt).
+``video`` must name a file inside the scene folder. The video must present exactly the frames the sidecars list,
+each of ``color_size`` (the colour intrinsics hold for that size only): a video that disagrees is an error, never
+resampled. Decoding is held to the reader's :class:`~pipelines.scenes.decode_budget.DecodeBudget`.
 
 Frame <-> pose rule: video frame ``i`` happens at ``t_i = video_start_s + frame_time_i`` on the sample clock; it takes
 the sample with the nearest ``timestamp_s`` (ties go to the earlier sample). If ``|t_i - timestamp_s| >
@@ -33,11 +36,12 @@ from fractions import Fraction
 
 import numpy as np
 
+from pipelines.scenes.decode_budget import DecodeBudget
 from pipelines.scenes.errors import CorruptDataError, FrameCountMismatchError, MissingFileError
 from pipelines.scenes.export_layout import decode_depth_png, encode_depth_png, format_matrix, parse_matrix
 from pipelines.scenes.sens import intrinsics_to_4x4, open_for_write
 from pipelines.scenes.types import Frame, Intrinsics, SceneReader, pose_is_valid
-from pipelines.scenes.video import decode_frames, encode_video, iter_frames, open_video, packet_index
+from pipelines.scenes.video import DEFAULT_BUDGET, decode_frames, encode_video, frame_times, iter_frames
 from pipelines.storage import exists, join, read_bytes
 
 MANIFEST = "scene.json"
@@ -68,7 +72,8 @@ def match_samples(frame_times_s: np.ndarray, sample_times_s: np.ndarray, toleran
 
 class VideoSceneReader(SceneReader):
     """Reader of the video layout (see the module docstring). Opening reads only ``scene.json`` and the text
-    sidecars; frames are decoded on demand, several at once in a single pass by :meth:`read_frames`.
+    sidecars; frames are decoded on demand, several at once in a single pass by :meth:`read_frames`, within
+    ``budget``.
 
     Attributes (besides :class:`SceneReader`'s):
         manifest: the parsed ``scene.json``.
@@ -77,9 +82,12 @@ class VideoSceneReader(SceneReader):
         sample_of_frame: ``[N]`` matched sample per video frame, -1 when unmatched.
     """
 
-    def __init__(self, uri: str, scene_id: str | None = None, threads: int = 0):
+    def __init__(
+        self, uri: str, scene_id: str | None = None, threads: int = 0, budget: DecodeBudget = DEFAULT_BUDGET
+    ):
         self.uri = uri.rstrip("/")
         self.threads = threads
+        self.budget = budget
         manifest_uri = join(self.uri, MANIFEST)
         if not exists(manifest_uri):
             raise MissingFileError(manifest_uri, "video-layout manifest does not exist")
@@ -88,14 +96,22 @@ class VideoSceneReader(SceneReader):
             self.fps = float(m["fps"])
             self.video_start_s = float(m["video_start_s"])
             self.tolerance_s = float(m["sync_tolerance_s"])
-            cw, ch = (int(v) for v in m["color_size"])
-            dw, dh = (int(v) for v in m["depth_size"])
+            cw, ch = _size(m["color_size"])
+            dw, dh = _size(m["depth_size"])
             self.has_depth = bool(m["has_depth"])
-            video_name = str(m["video"])
-        except (ValueError, KeyError, TypeError) as exc:
+            video_name = m["video"]
+            expected_frames = None if m.get("num_frames") is None else _count(m["num_frames"])
+            expected_samples = None if m.get("num_samples") is None else _count(m["num_samples"])
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
             raise CorruptDataError(manifest_uri, f"bad manifest ({exc!r})") from exc
         if m.get("format") != FORMAT_NAME or m.get("version") != FORMAT_VERSION:
             raise CorruptDataError(manifest_uri, f"not a {FORMAT_NAME} v{FORMAT_VERSION} manifest")
+        if not (isinstance(video_name, str) and video_name and "/" not in video_name and "\\" not in video_name
+                and video_name not in (".", "..") and "::" not in video_name):
+            raise CorruptDataError(manifest_uri, "'video' must name a file inside the scene folder")
+        if not all(np.isfinite(v) for v in (self.fps, self.video_start_s, self.tolerance_s)) or self.fps <= 0:
+            raise CorruptDataError(manifest_uri, "fps, video_start_s and sync_tolerance_s must be finite, fps > 0")
+        self._expected_samples = expected_samples
         self.manifest = m
         self.scene_id = scene_id or str(m.get("scene_id") or self.uri.rsplit("/", 1)[-1])
         self.video_uri = join(self.uri, video_name)
@@ -104,14 +120,14 @@ class VideoSceneReader(SceneReader):
         self.color_intrinsics = Intrinsics(self._matrix("intrinsic_color.txt")[:3, :3].copy(), cw, ch)
         self.depth_intrinsics = Intrinsics(self._matrix("intrinsic_depth.txt")[:3, :3].copy(), dw, dh)
         self.sample_times_s, self.sample_poses = self._read_poses()
-        frame_times = self._read_frame_times()
-        if "num_frames" in m and int(m["num_frames"]) != frame_times.size:
+        times = self._read_frame_times()
+        if expected_frames is not None and expected_frames != times.size:
             raise FrameCountMismatchError(
-                self.video_uri, f"{frame_times.size} video frames found, manifest says {m['num_frames']}"
+                self.video_uri, f"{times.size} video frames found, manifest says {expected_frames}"
             )
-        self.timestamps_s = self.video_start_s + frame_times
+        self.timestamps_s = self.video_start_s + times
         self.sample_of_frame = match_samples(self.timestamps_s, self.sample_times_s, self.tolerance_s)
-        poses = np.full((frame_times.size, 4, 4), -np.inf)
+        poses = np.full((times.size, 4, 4), -np.inf)
         matched = self.sample_of_frame >= 0
         poses[matched] = self.sample_poses[self.sample_of_frame[matched]]
         self.poses = poses
@@ -141,8 +157,8 @@ class VideoSceneReader(SceneReader):
         times = table[:, 0]
         if times.size and not (np.isfinite(times).all() and (np.diff(times) > 0).all()):
             raise CorruptDataError(uri, "sample timestamps must be finite and strictly increasing")
-        expected = self.manifest.get("num_samples")
-        if expected is not None and int(expected) != times.size:
+        expected = self._expected_samples
+        if expected is not None and expected != times.size:
             raise FrameCountMismatchError(uri, f"{times.size} pose samples, manifest says {expected}")
         return times, table[:, 1:].reshape(-1, 4, 4)
 
@@ -150,13 +166,14 @@ class VideoSceneReader(SceneReader):
         uri = join(self.uri, "frame_times.txt")
         if exists(uri):
             try:
-                return np.asarray([float(t) for t in read_bytes(uri).split()], dtype=np.float64)
+                times = np.asarray([float(t) for t in read_bytes(uri).split()], dtype=np.float64)
             except ValueError as exc:
                 raise CorruptDataError(uri, f"non-number ({exc})") from exc
+            if not (np.isfinite(times).all() and (np.diff(times) > 0).all()):
+                raise CorruptDataError(uri, "frame times must be finite and strictly increasing")
+            return times
         # No sidecar: demux the video for presentation times (reads the whole file, decodes nothing).
-        with open_video(self.video_uri) as (container, stream):
-            pts, _ = packet_index(container, stream, self.video_uri)
-            return (pts - pts[0]).astype(np.float64) * float(stream.time_base)
+        return frame_times(self.video_uri, self.budget)
 
     def _depth(self, sample: int) -> np.ndarray | None:
         if not self.has_depth or sample < 0:
@@ -176,22 +193,57 @@ class VideoSceneReader(SceneReader):
     def read_frame(self, index: int) -> Frame:
         return self.read_frames([index])[0]
 
+    @property
+    def _color_size(self) -> tuple[int, int]:
+        return self.color_intrinsics.width, self.color_intrinsics.height
+
     def read_frames(self, indices: Sequence[int]) -> list[Frame]:
-        """Decode ``indices`` in one pass over the video (seeking only across GOPs)."""
+        """Decode ``indices`` in one pass over the video (seeking only across GOPs).
+
+        Raises:
+            IndexError: an index outside ``[0, num_frames)``.
+            FrameCountMismatchError: the video presents another number of frames than the sidecars list.
+            FrameSizeMismatchError: the video's frames are not the manifest's ``color_size``.
+            SceneDataError: the video's own errors (truncated, corrupt, over the decode budget, ...).
+        """
         for i in indices:
             if not 0 <= i < self.num_frames:
                 raise IndexError(f"{self.uri}: frame {i} out of range [0, {self.num_frames})")
-        decoded = decode_frames(self.video_uri, list(indices), threads=self.threads)
+        decoded = decode_frames(self.video_uri, list(indices), threads=self.threads, budget=self.budget,
+                                expect_frames=self.num_frames, expect_size=self._color_size)
         return [self._frame(d.index, d.rgb) for d in decoded]
 
     def __iter__(self):
-        """All frames by one sequential decode (faster than random access for a whole scene)."""
-        for d in iter_frames(self.video_uri, threads=self.threads):
+        """All frames by one sequential decode (faster than random access for a whole scene); raises like
+        :meth:`read_frames` when the video holds more or fewer frames than listed."""
+        count = 0
+        for d in iter_frames(self.video_uri, threads=self.threads, budget=self.budget,
+                             expect_size=self._color_size):
             if d.index >= self.num_frames:
                 raise FrameCountMismatchError(
                     self.video_uri, f"video has more frames than the {self.num_frames} listed"
                 )
+            count += 1
             yield self._frame(d.index, d.rgb)
+        if count != self.num_frames:
+            raise FrameCountMismatchError(self.video_uri, f"video has {count} frames, {self.num_frames} are listed")
+
+
+def _size(value) -> tuple[int, int]:
+    """A manifest ``[width, height]`` of positive integers."""
+    if not isinstance(value, list) or len(value) != 2:
+        raise ValueError(f"a size must be [width, height], got {value!r}")
+    width, height = (_count(v) for v in value)
+    if width < 1 or height < 1:
+        raise ValueError(f"a size must be positive, got {value!r}")
+    return width, height
+
+
+def _count(value) -> int:
+    """A manifest integer (JSON numbers without a fraction; no booleans, no strings)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value < 0:
+        raise ValueError(f"expected a non-negative integer, got {value!r}")
+    return int(value)
 
 
 def write_video_scene(

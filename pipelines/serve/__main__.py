@@ -25,14 +25,18 @@ import json
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipelines.serve.config import ServeConfig
+from pipelines.artifacts import read_model_config
+from pipelines.config import CliParser, UsageError, alias, print_config, run_cli
+from pipelines.serve.config import SPEC, ServeConfig
 
 logger = logging.getLogger("pipelines.serve")
+PROG = "python -m pipelines.serve"
 
 # Ray Serve reads these when it starts (in every Ray process), so they select the ingress of a Ray started here.
 INGRESS_MODES: dict[str, dict[str, str]] = {
@@ -41,77 +45,51 @@ INGRESS_MODES: dict[str, dict[str, str]] = {
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m pipelines.serve",
+def build_parser() -> CliParser:
+    p = CliParser(
+        prog=PROG,
         description="Serve Vid-LLM over HTTP (API v1, OpenAPI at /docs) with Ray Serve: a FastAPI ingress "
                     "deployment and an autoscaling, batching model deployment.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("Examples:", 1)[1].split("The resolved", 1)[0],
+        epilog=__doc__.split("Examples:", 1)[1].split("The resolved", 1)[0] + "\n" + SPEC.describe(),
     )
-    p.add_argument("--model", required=True,
-                   help="checkpoint in HF layout: local dir, s3:// (or other fsspec) URI, or models:/<name>/<version>")
-    p.add_argument("--preset", choices=("default", "tiny"), default="default",
-                   help="starting configuration: 'default' (GPU replicas) or 'tiny' (CPU, small limits, short delays)")
-    p.add_argument("--config", type=Path,
-                   help="YAML/JSON file with ServeConfig fields (the 'args' of a Serve config file) applied on top")
-    p.add_argument("--host", help="HTTP bind address (default 127.0.0.1; 0.0.0.0 inside a container)")
-    p.add_argument("--port", type=int, help="HTTP port (default 8000)")
-    p.add_argument("--allowed-prefix", action="append", default=None, metavar="URI_PREFIX",
-                   help="object-store prefix /v1/scenes:from_uri may read (repeatable), e.g. s3://scenes/uploads/")
-    p.add_argument("--auth-token-env", help="environment variable holding the bearer token (enables auth)")
-    p.add_argument("--device", choices=("cpu", "cuda"), help="torch device of the model replicas")
-    p.add_argument("--num-gpus", type=float, help="GPUs per model replica")
-    p.add_argument("--min-replicas", type=int, help="autoscaling lower bound of model replicas")
-    p.add_argument("--max-replicas", type=int, help="autoscaling upper bound of model replicas")
-    p.add_argument("--max-batch-size", type=int, help="requests per model batch")
-    p.add_argument("--cache-bytes", type=int, help="scene-encoding cache per model replica, bytes")
-    p.add_argument("--model-cache-dir", help="where remote checkpoints are downloaded (default: system temp dir)")
-    p.add_argument("--run-dir", type=Path, default=Path("serve_run"), help="where the resolved config is written")
-    p.add_argument("--ray-address", help="Ray cluster address ('auto' to join a running cluster; default: local)")
-    p.add_argument("--ingress", choices=sorted(INGRESS_MODES), default="python",
-                   help="HTTP ingress of the local Ray this command starts: 'python' (Serve's proxy) or 'haproxy' "
-                        "(Serve's high-throughput mode, as in infra/k8s/rayservice.yaml; needs the haproxy binary). "
-                        "A cluster joined with --ray-address keeps the mode it was started with")
-    p.add_argument("--export-serve-config", type=Path, metavar="PATH",
-                   help="write a Serve config file (serve run / RayService) for this configuration and exit")
-    return p.parse_args(argv)
-
-
-def _deep_update(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value)
-        else:
-            base[key] = value
-    return base
+    run = p.add_argument_group("running")
+    run.add_argument("--run-dir", type=Path, default=Path("serve_run"), help="where the resolved config is written")
+    run.add_argument("--ray-address", help="Ray cluster address ('auto' to join a running cluster; default: local)")
+    run.add_argument("--ingress", choices=sorted(INGRESS_MODES), default="python",
+                     help="HTTP ingress of the local Ray this command starts: 'python' (Serve's proxy) or 'haproxy' "
+                          "(Serve's high-throughput mode, as in infra/k8s/rayservice.yaml; needs the haproxy binary). "
+                          "A cluster joined with --ray-address keeps the mode it was started with")
+    run.add_argument("--export-serve-config", type=Path, metavar="PATH",
+                     help="write a Serve config file (serve run / RayService) for this configuration and exit")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check the config and that the model exists, print the resolved config, start nothing")
+    group = SPEC.add_arguments(p)
+    group.add_argument("--preset", dest="config", action="append", choices=("default", "tiny"),
+                       help="same as --config default|tiny")
+    alias(group, "--model", "model_uri", required=True,
+          help="checkpoint in HF layout: local dir, s3:// (or other fsspec) URI, models:/<name>/<version>, "
+               "models:/<name>@<alias> or runs:/<run_id>/model")
+    alias(group, "--host", "http.host", help="HTTP bind address (default 127.0.0.1; 0.0.0.0 inside a container)")
+    alias(group, "--port", "http.port", type=int, help="HTTP port (default 8000)")
+    alias(group, "--allowed-prefix", "allowed_uri_prefixes", append=True, metavar="URI_PREFIX",
+          help="object-store prefix /v1/scenes:from_uri may read (repeatable), e.g. s3://scenes/uploads/")
+    alias(group, "--auth-token-env", "auth_token_env", help="environment variable holding the bearer token (enables auth)")
+    alias(group, "--device", "device", choices=("cpu", "cuda"), help="torch device of the model replicas")
+    alias(group, "--num-gpus", "model.num_gpus", type=float, help="GPUs per model replica")
+    alias(group, "--min-replicas", "model.autoscaling.min_replicas", type=int,
+          help="autoscaling lower bound of model replicas")
+    alias(group, "--max-replicas", "model.autoscaling.max_replicas", type=int,
+          help="autoscaling upper bound of model replicas")
+    alias(group, "--max-batch-size", "model.max_batch_size", type=int, help="requests per model batch")
+    alias(group, "--cache-bytes", "model.cache_bytes", type=int, help="scene-encoding cache per model replica, bytes")
+    alias(group, "--model-cache-dir", "model_cache_dir",
+          help="where remote checkpoints are downloaded (default: system temp dir)")
+    return p
 
 
 def resolve_config(args: argparse.Namespace) -> ServeConfig:
-    """Preset, then the config file, then individual flags (later wins)."""
-    cfg = ServeConfig.tiny(args.model) if args.preset == "tiny" else ServeConfig(model_uri=args.model)
-    data = cfg.to_dict()
-    if args.config is not None:
-        _deep_update(data, yaml.safe_load(args.config.read_text()) or {})
-        data["model_uri"] = args.model
-    overrides: dict[str, Any] = {
-        "allowed_uri_prefixes": args.allowed_prefix, "auth_token_env": args.auth_token_env, "device": args.device,
-        "model_cache_dir": args.model_cache_dir,
-        "http": {"host": args.host, "port": args.port},
-        "model": {"num_gpus": args.num_gpus, "max_batch_size": args.max_batch_size, "cache_bytes": args.cache_bytes,
-                  "autoscaling": {"min_replicas": args.min_replicas, "max_replicas": args.max_replicas}},
-    }
-
-    def prune(d: dict[str, Any]) -> dict[str, Any]:
-        out = {}
-        for k, v in d.items():
-            v = prune(v) if isinstance(v, dict) else v
-            if v is not None and v != {}:
-                out[k] = v
-        return out
-
-    _deep_update(data, prune(overrides))
-    return ServeConfig.from_dict(data)
+    """Presets and config files (``--config``/``--preset``), then ``--set`` and the flags in command-line order."""
+    return SPEC.resolve(args)
 
 
 def serve_config_file(cfg: ServeConfig) -> dict[str, Any]:
@@ -128,21 +106,34 @@ def serve_config_file(cfg: ServeConfig) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: _main(argv), PROG)
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
     cfg = resolve_config(args)
+    if args.print_config:
+        print_config(cfg)
+        return 0
     if args.export_serve_config is not None:
         args.export_serve_config.write_text(yaml.safe_dump(serve_config_file(cfg), sort_keys=False))
-        logger.info("wrote %s", args.export_serve_config)
-        return
+        print(f"wrote {args.export_serve_config}", file=sys.stderr)
+        return 0
     if args.ingress != "python":
         if args.ray_address:
-            raise SystemExit(f"--ingress {args.ingress} applies to a Ray started by this command; a cluster joined "
+            raise UsageError(f"--ingress {args.ingress} applies to a Ray started by this command; a cluster joined "
                              "with --ray-address uses the mode it was started with (see infra/k8s/rayservice.yaml)")
         if shutil.which("haproxy") is None:
-            raise SystemExit("--ingress haproxy needs the haproxy binary on PATH (apt-get install -y haproxy)")
-        os.environ.update(INGRESS_MODES[args.ingress])
+            raise UsageError("--ingress haproxy needs the haproxy binary on PATH (apt-get install -y haproxy)")
+    # The model must exist before Ray starts: otherwise every replica fails to load it, one after the other.
+    read_model_config(cfg.model_uri, os.environ.get("MLFLOW_TRACKING_URI"), flag="--model")
+    if args.dry_run:
+        print_config(cfg)
+        print(f"dry run: config valid, model {cfg.model_uri} found; nothing was started", file=sys.stderr)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.update(INGRESS_MODES[args.ingress])
     args.run_dir.mkdir(parents=True, exist_ok=True)
     (args.run_dir / "serve_config.resolved.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     logger.info("resolved config: %s", json.dumps(cfg.to_dict()))
@@ -156,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     serve.start(http_options=cfg.http.to_serve())
     logger.info("serving on http://%s:%d%s (docs at /docs)", cfg.http.host, cfg.http.port, cfg.route_prefix)
     serve.run(build_app(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

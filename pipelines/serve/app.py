@@ -6,24 +6,35 @@ with the scene id for routing affinity. Every failure becomes a JSON ``{error, f
 mistakes are 4xx naming the field, overload is 503 with ``Retry-After``, a slow model is 504; nothing propagates
 out of a handler, so no request can take a replica down.
 
+Hostile requests: every body is capped before it is read (``Content-Length`` over the limit is a 413 at once)
+and while it streams (a running count, so chunked bodies are capped too); JSON that nests too deeply or holds
+numbers that are not finite floats is a 4xx naming the field; text that is not valid Unicode, holds control
+characters or holds the tokenizer's special tokens is refused at validation; videos are decoded within the decode
+budget, at most ``ingress.max_concurrent_decodes`` at a time (so memory does not grow with the number of
+requests); a client that disconnects mid-upload is logged at INFO, without a traceback.
+
 Endpoints (OpenAPI at ``/docs``): ``POST /v1/scenes`` (multipart ``video``), ``POST /v1/scenes:from_uri``
 (``{"uri"}``), ``POST /v1/scenes/{id}/answer|caption|ground``, ``GET /v1/scenes/{id}/pointcloud`` (binary PLY),
-``POST /v1/answer`` (one-shot multipart ``video`` + ``question``), ``GET /healthz`` and ``GET /readyz``.
+``POST /v1/answer`` (one-shot multipart ``video`` + ``question``), ``GET /healthz`` and ``GET /readyz``. ``/docs``
+and ``/openapi.json`` need the bearer token when ``docs_require_auth`` is set.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI resolves route annotations (``Request``) at run time, and
 # Serve ships the ingress class to replicas by value, where string annotations can no longer be resolved.
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from ray import serve
@@ -31,6 +42,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from pipelines.serve.cache import ByteLRU
 from pipelines.serve.config import ServeConfig
@@ -48,21 +60,26 @@ from pipelines.serve.schemas import (
     QuestionRequest,
     SceneFromUriRequest,
     SceneResponse,
+    check_text,
 )
-from pipelines.serve.security import BearerAuth, check_scene_uri
+from pipelines.serve.security import BearerAuth, check_scene_uri, exposure_warning
 from pipelines.serve.video_input import SamplingSpec, read_uri_limited, sample_clip, scene_id_for
+from pipelines.serve.viewer import mount_viewer
 
 logger = logging.getLogger("ray.serve")
 
 _SCENE_ID = re.compile(r"^[0-9a-f]{32}$")
-_MAX_JSON_BYTES = 64 * 1024
 # Multipart framing (boundaries, part headers, a question field) on top of the video bytes.
 _MULTIPART_SLACK_BYTES = 64 * 1024
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 411, 413, 415, 422, 503, 504)}
+# A Content-Length longer than this many digits is over any limit (and int() of thousands of digits is refused).
+_MAX_LENGTH_DIGITS = 18
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 415, 422, 503, 504)}
 
+# The docs routes are the ingress's own (below), so that they can require the bearer token.
 api = FastAPI(
     title="Vid-LLM", version="1",
     description="3D scene understanding from video: register a scene, then ask, caption, ground, download points.",
+    docs_url=None, redoc_url=None, openapi_url=None,
 )
 
 
@@ -88,6 +105,9 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return _error_response(ApiError(exc.status_code, code, str(exc.detail), None, dict(exc.headers or {})))
 
 
+mount_viewer(api)  # the browser viewer: /viewer/ and its data calls (pipelines/serve/viewer)
+
+
 def _mapped(handler):
     """Turn any exception of a route into a JSON error response (so none reaches Serve as a replica failure)."""
 
@@ -97,6 +117,10 @@ def _mapped(handler):
             return await handler(*args, **kwargs)
         except ApiError as exc:
             return _error_response(exc)
+        except ClientDisconnect:
+            # The client went away mid-request (an aborted upload): nothing failed here, and nobody reads the answer.
+            logger.info("%s: the client disconnected before its request body was read", handler.__name__)
+            return _error_response(ApiError(400, "client_disconnected", "the request body ended early"))
         except Exception:  # noqa: BLE001 - last line of defence; the cause is logged with its traceback
             logger.exception("unhandled error in %s", handler.__name__)
             return _error_response(ApiError(500, "internal_error", "the server failed to process the request"))
@@ -113,25 +137,56 @@ def _validation_to_api(exc: ValidationError) -> ApiError:
     first = exc.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or None
     code = "missing_field" if first["type"] == "missing" else "invalid_field"
-    return ApiError(422, code, f"{field}: {first['msg']}", field)
+    return ApiError(422, code, f"{field or 'body'}: {first['msg']}", field)
 
 
 def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-async def _json_body(request: Request, schema: type[BaseModel]) -> Any:
+def _capped(request: Request, limit: int, field: str | None, what: str) -> Request:
+    """``request`` with its body capped at ``limit`` bytes: a ``Content-Length`` over it is refused before anything
+    is read, and the bytes that arrive are counted, so a chunked (or lying) body stops at the limit too.
+
+    Raises:
+        ApiError: 400 for a malformed ``Content-Length``, 413 for a body over the limit (also from the returned
+            request's reads).
+    """
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise ApiError(400, "invalid_content_length", "Content-Length must be a number of bytes", "Content-Length")
+        if len(length) > _MAX_LENGTH_DIGITS or int(length) > limit:
+            raise ApiError(413, "body_too_large",
+                           f"a request of {length} bytes exceeds the {limit}-byte limit of {what}", field)
+    receive = request.receive
+    received = 0
+
+    async def counted() -> dict[str, Any]:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise ApiError(413, "body_too_large", f"the request body exceeds the {limit}-byte limit of {what}",
+                               field)
+        return message
+
+    return Request(request.scope, counted)
+
+
+async def _json_body(request: Request, schema: type[BaseModel], limit: int) -> Any:
     media = _media_type(request)
     if media != "application/json":
         raise ApiError(415, "unsupported_media_type", f"expected application/json, got {media or 'no Content-Type'}",
                        "Content-Type")
-    raw = await request.body()
+    raw = await _capped(request, limit, None, "JSON bodies").body()
     if not raw:
         raise ApiError(400, "empty_body", "the request body is empty; expected a JSON object")
-    if len(raw) > _MAX_JSON_BYTES:
-        raise ApiError(413, "body_too_large", f"JSON bodies are limited to {_MAX_JSON_BYTES} bytes")
     try:
         data = json.loads(raw)
+    except RecursionError as exc:
+        raise ApiError(400, "invalid_json", "body is not acceptable JSON (nested too deeply)") from exc
     except ValueError as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
@@ -177,6 +232,8 @@ class VidLLMIngress:
         self._sources: ByteLRU[SceneSource] = ByteLRU(self._cfg.ingress.source_cache_bytes,
                                                       sizer=lambda s: s.frames.nbytes)
         self._spec: SamplingSpec | None = None
+        self._reserved: tuple[str, ...] = ()
+        self._decode_slots = asyncio.Semaphore(self._cfg.ingress.max_concurrent_decodes)
 
     # ---- plumbing ----------------------------------------------------------------------------------------------
 
@@ -196,54 +253,56 @@ class VidLLMIngress:
                 raise ApiError(503, "overloaded", "the model is at capacity; retry later", None,
                                {"Retry-After": str(retry)}) from exc
             if isinstance(cause, ModelInputError):
-                raise ApiError(422, "invalid_input", str(cause)) from exc
+                raise ApiError(422, "invalid_input", str(cause), cause.field) from exc
             raise
 
     async def _sampling(self) -> SamplingSpec:
         if self._spec is None:
-            spec = await self._call("input_spec", None)
+            spec = dict(await self._call("input_spec", None))
+            self._reserved = tuple(spec.pop("reserved_text"))
             self._spec = SamplingSpec(**spec)
         return self._spec
 
     def _authorize(self, request: Request) -> None:
         self._auth.check(request.headers.get("authorization"))
 
-    def _check_length(self, request: Request) -> None:
-        length = request.headers.get("content-length")
-        if length is None:
-            raise ApiError(411, "length_required", "uploads need a Content-Length header", "Content-Length")
-        limit = self._cfg.limits.max_upload_bytes + _MULTIPART_SLACK_BYTES
-        if not length.isdigit() or int(length) > limit:
-            raise ApiError(413, "video_too_large",
-                           f"request of {length} bytes exceeds the {self._cfg.limits.max_upload_bytes}-byte video limit",
-                           "video")
+    def _json(self, request: Request, schema: type[BaseModel]) -> Awaitable[Any]:
+        return _json_body(request, schema, self._cfg.limits.max_json_bytes)
 
-    async def _upload(self, request: Request, text_fields: tuple[str, ...] = ()) -> tuple[bytes, dict[str, str]]:
-        """Read a multipart form with one ``video`` file and the given text fields."""
+    @contextlib.asynccontextmanager
+    async def _form(self, request: Request, text_fields: tuple[str, ...] = ()) -> AsyncIterator[
+            tuple[UploadFile, dict[str, str]]]:
+        """Parse a multipart form with one ``video`` file and the given text fields, the body capped at the upload
+        limit; yields ``(video, texts)`` and removes the spooled upload on exit."""
         media = _media_type(request)
         if media != "multipart/form-data":
             raise ApiError(415, "unsupported_media_type",
                            f"expected multipart/form-data with a 'video' file, got {media or 'no Content-Type'}",
                            "Content-Type")
-        self._check_length(request)
+        capped = _capped(request, self._cfg.limits.max_upload_bytes + _MULTIPART_SLACK_BYTES, "video",
+                         f"uploads (a {self._cfg.limits.max_upload_bytes}-byte video)")
         try:
-            form = await request.form(max_files=1, max_fields=len(text_fields) + 1, max_part_size=64 * 1024)
+            form_context = capped.form(max_files=1, max_fields=len(text_fields) + 1, max_part_size=64 * 1024)
+            async with form_context as form:
+                video = form.get("video")
+                if not isinstance(video, UploadFile):
+                    raise ApiError(422, "missing_field", "multipart field 'video' (a file) is required", "video")
+                texts = {}
+                for name in text_fields:
+                    value = form.get(name)
+                    if not isinstance(value, str):
+                        raise ApiError(422, "missing_field", f"multipart field '{name}' (text) is required", name)
+                    texts[name] = value
+                yield video, texts
         except StarletteHTTPException as exc:
             raise ApiError(400, "invalid_multipart", str(exc.detail)) from exc
-        video = form.get("video")
-        if not isinstance(video, UploadFile):
-            raise ApiError(422, "missing_field", "multipart field 'video' (a file) is required", "video")
+
+    async def _read_upload(self, video: UploadFile) -> bytes:
         data = await video.read(self._cfg.limits.max_upload_bytes + 1)
         if len(data) > self._cfg.limits.max_upload_bytes:
             raise ApiError(413, "video_too_large", f"the video exceeds {self._cfg.limits.max_upload_bytes} bytes",
                            "video")
-        texts = {}
-        for name in text_fields:
-            value = form.get(name)
-            if not isinstance(value, str):
-                raise ApiError(422, "missing_field", f"multipart field '{name}' (text) is required", name)
-            texts[name] = value
-        return data, texts
+        return data
 
     def _source(self, scene_id: str) -> SceneSource:
         if not _SCENE_ID.match(scene_id):
@@ -263,26 +322,46 @@ class VidLLMIngress:
             result = await self._call(method, scene_id, scene_id, *args, source.frames)
         return result
 
-    async def _register(self, data: bytes, field: str) -> SceneResponse:
+    async def _register(self, read: Callable[[], Awaitable[bytes]], field: str) -> SceneResponse:
+        """Read the video (``read``), sample it and register the scene. Reading and decoding hold one of the
+        ``max_concurrent_decodes`` slots, so video bytes and decoder memory are bounded by the slots."""
         spec = await self._sampling()
-        scene_id = scene_id_for(data, spec)
-        source = self._sources.get(scene_id)
-        if source is None:
-            clip = await asyncio.to_thread(sample_clip, data, spec, self._cfg.limits, field)
-            frames = clip.frames
-        else:
-            frames = source.frames
+        async with self._decode_slots:
+            data = await read()
+            scene_id = scene_id_for(data, spec)
+            source = self._sources.get(scene_id)
+            if source is None:
+                clip = await asyncio.to_thread(sample_clip, data, spec, self._cfg.limits, field)
+                frames = clip.frames
+            else:
+                frames = source.frames
+            del data
         summary = await self._call("register", scene_id, scene_id, frames)
         self._sources.put(scene_id, SceneSource(frames=frames))
         return SceneResponse(scene_id=scene_id, **summary)
 
-    def _text(self, value: str, field: str, limit: int) -> str:
-        text = value.strip()
+    async def _text(self, value: str, field: str, limit: int) -> str:
+        """A client text field, stripped, checked for Unicode validity, control characters, length and the
+        tokenizer's special tokens (text holding ``<scene>`` would splice the scene twice)."""
+        try:
+            text = check_text(value).strip()
+        except ValueError as exc:
+            raise ApiError(422, "invalid_field", f"{field} {exc}", field) from exc
         if not text:
             raise ApiError(422, "empty_field", f"{field} must not be empty", field)
         if len(text) > limit:
             raise ApiError(422, "field_too_long", f"{field} has {len(text)} characters, the limit is {limit}", field)
+        await self._sampling()
+        folded = text.casefold()
+        reserved = next((t for t in self._reserved if t.casefold() in folded), None)
+        if reserved is not None:
+            raise ApiError(422, "invalid_field", f"{field} must not contain the model's special token {reserved!r}",
+                           field)
         return text
+
+    def _authorize_docs(self, request: Request) -> None:
+        if self._cfg.docs_require_auth:
+            self._authorize(request)
 
     # ---- routes ------------------------------------------------------------------------------------------------
 
@@ -302,13 +381,30 @@ class VidLLMIngress:
                                 headers={"Retry-After": "5"})
         return {"ready": True, "input": spec}
 
+    @api.get("/openapi.json", include_in_schema=False)
+    @_mapped
+    async def openapi_json(self, request: Request) -> Any:
+        """The OpenAPI document (behind the bearer token when ``docs_require_auth``)."""
+        self._authorize_docs(request)
+        return JSONResponse(api.openapi())
+
+    @api.get("/docs", include_in_schema=False)
+    @_mapped
+    async def docs(self, request: Request) -> Any:
+        """Swagger UI. Behind auth the document is inlined (a browser's fetch of /openapi.json carries no token)."""
+        self._authorize_docs(request)
+        root = request.scope.get("root_path", "").rstrip("/")
+        extra = {"spec": api.openapi()} if self._cfg.docs_require_auth else None
+        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title="Vid-LLM API",
+                                   swagger_ui_parameters=extra)
+
     @api.post("/v1/scenes", response_model=SceneResponse, responses=_ERRORS, openapi_extra=_multipart_doc())
     @_mapped
     async def register_upload(self, request: Request) -> Any:
         """Register a scene from an uploaded video (multipart field ``video``); idempotent per content."""
         self._authorize(request)
-        data, _ = await self._upload(request)
-        return await self._register(data, "video")
+        async with self._form(request) as (video, _):
+            return await self._register(lambda: self._read_upload(video), "video")
 
     @api.post("/v1/scenes:from_uri", response_model=SceneResponse, responses=_ERRORS,
               openapi_extra=_json_doc(SceneFromUriRequest))
@@ -316,10 +412,10 @@ class VidLLMIngress:
     async def register_uri(self, request: Request) -> Any:
         """Register a scene from a video under one of the allowed storage prefixes."""
         self._authorize(request)
-        body = await _json_body(request, SceneFromUriRequest)
+        body = await self._json(request, SceneFromUriRequest)
         uri = check_scene_uri(body.uri, self._cfg.allowed_uri_prefixes, self._cfg.limits.max_uri_chars)
-        data = await asyncio.to_thread(read_uri_limited, uri, self._cfg.limits.max_upload_bytes)
-        return await self._register(data, "uri")
+        return await self._register(
+            lambda: asyncio.to_thread(read_uri_limited, uri, self._cfg.limits.max_upload_bytes), "uri")
 
     @api.post("/v1/scenes/{scene_id}/answer", response_model=AnswerResponse, responses=_ERRORS,
               openapi_extra=_json_doc(QuestionRequest))
@@ -328,8 +424,8 @@ class VidLLMIngress:
         """Answer a question about a registered scene."""
         self._authorize(request)
         self._source(scene_id)
-        body = await _json_body(request, QuestionRequest)
-        question = self._text(body.question, "question", self._cfg.limits.max_question_chars)
+        body = await self._json(request, QuestionRequest)
+        question = await self._text(body.question, "question", self._cfg.limits.max_question_chars)
         return AnswerResponse(answer=await self._scene_call(scene_id, "answer", question))
 
     @api.post("/v1/scenes/{scene_id}/caption", response_model=CaptionResponse, responses=_ERRORS,
@@ -339,12 +435,12 @@ class VidLLMIngress:
         """Describe the object inside a box (centre + size, metres, first-camera frame)."""
         self._authorize(request)
         self._source(scene_id)
-        body = await _json_body(request, CaptionRequest)
+        body = await self._json(request, CaptionRequest)
         limit = self._cfg.limits.max_box_extent_m
         for name, values in (("box.center", body.box.center), ("box.size", body.box.size)):
-            if max(abs(float(v)) for v in values) > limit:
+            if max(abs(v) for v in values) > limit:
                 raise ApiError(422, "invalid_field", f"{name} exceeds {limit:g} m", name)
-        box = [float(v) for v in (*body.box.center, *body.box.size)]
+        box = [*body.box.center, *body.box.size]
         return CaptionResponse(caption=await self._scene_call(scene_id, "caption", box))
 
     @api.post("/v1/scenes/{scene_id}/ground", response_model=GroundResponse, responses=_ERRORS,
@@ -354,8 +450,8 @@ class VidLLMIngress:
         """Locate the object a description refers to; boxes sorted by score."""
         self._authorize(request)
         self._source(scene_id)
-        body = await _json_body(request, GroundRequest)
-        description = self._text(body.description, "description", self._cfg.limits.max_description_chars)
+        body = await self._json(request, GroundRequest)
+        description = await self._text(body.description, "description", self._cfg.limits.max_description_chars)
         return GroundResponse(boxes=await self._scene_call(scene_id, "ground", description))
 
     @api.get("/v1/scenes/{scene_id}/pointcloud", responses={200: {"content": {"application/octet-stream": {}}},
@@ -381,9 +477,9 @@ class VidLLMIngress:
     async def answer_one_shot(self, request: Request) -> Any:
         """Register an uploaded video (multipart ``video``) and answer ``question`` about it in one call."""
         self._authorize(request)
-        data, texts = await self._upload(request, ("question",))
-        question = self._text(texts["question"], "question", self._cfg.limits.max_question_chars)
-        scene = await self._register(data, "video")
+        async with self._form(request, ("question",)) as (video, texts):
+            question = await self._text(texts["question"], "question", self._cfg.limits.max_question_chars)
+            scene = await self._register(lambda: self._read_upload(video), "video")
         answer = await self._scene_call(scene.scene_id, "answer", question)
         return OneShotAnswerResponse(scene_id=scene.scene_id, answer=answer)
 
@@ -396,6 +492,9 @@ def build_app(cfg: ServeConfig, ingress_env: dict[str, str] | None = None) -> se
         ingress_env: environment variables for the ingress replicas (e.g. the auth secret in local runs; on
             Kubernetes the secret comes from the pod spec instead).
     """
+    warning = exposure_warning(cfg.http.host, cfg.auth_token_env is not None)
+    if warning:
+        logger.warning(warning)
     backpressure_model = {"status_code": 503, "retry_after_s": cfg.model.retry_after_s}
     model = VidLLMModel.options(
         ray_actor_options={"num_cpus": cfg.model.num_cpus, "num_gpus": cfg.model.num_gpus},

@@ -96,6 +96,11 @@ class ByteLRU(Generic[V]):
             self._bytes -= entry[1]
             return entry[0]
 
+    def items(self) -> list[tuple[str, V]]:
+        """A snapshot of ``(key, value)`` pairs, most recently used first (does not count as a use)."""
+        with self._lock:
+            return [(key, value) for key, (value, _) in reversed(self._items.items())]
+
     def __len__(self) -> int:
         return len(self._items)
 

@@ -4,7 +4,8 @@ One :class:`ServeConfig` drives everything: which checkpoint to load, how the tw
 model) are sized, scaled and protected against overload, what the request limits are and which storage prefixes
 scene URIs may come from. It is built from the CLI (``python -m pipelines.serve``) or from the ``args`` block of a
 Serve config file (``serve run pipelines/serve/serve_config.yaml``, or a KubeRay RayService ``serveConfigV2``),
-and the resolved dictionary is logged at start-up and written next to the downloaded checkpoint.
+and the resolved dictionary is logged at start-up and written next to the downloaded checkpoint. Loading, type
+coercion and error messages follow :mod:`pipelines.config` (presets ``default`` and ``tiny``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from pipelines import config as pconfig
+from pipelines.scenes.decode_budget import DecodeBudget
 
 
 def _positive(name: str, value: float) -> None:
@@ -26,7 +30,7 @@ def _non_negative(name: str, value: float) -> None:
 
 
 @dataclass
-class AutoscalingSettings:
+class AutoscalingConfig:
     """Replica autoscaling of the model deployment (Serve ``autoscaling_config``).
 
     Attributes:
@@ -71,7 +75,7 @@ class AutoscalingSettings:
 
 
 @dataclass
-class ModelDeploymentSettings:
+class ModelDeploymentConfig:
     """Sizing, batching, overload protection and caching of the model deployment.
 
     Attributes:
@@ -94,11 +98,11 @@ class ModelDeploymentSettings:
     batch_wait_timeout_s: float = 0.02
     cache_bytes: int = 4 * 1024**3
     retry_after_s: float = 2.0
-    autoscaling: AutoscalingSettings = field(default_factory=AutoscalingSettings)
+    autoscaling: AutoscalingConfig = field(default_factory=AutoscalingConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.autoscaling, dict):
-            self.autoscaling = AutoscalingSettings(**self.autoscaling)
+            self.autoscaling = AutoscalingConfig(**self.autoscaling)
         _non_negative("model.num_gpus", self.num_gpus)
         _non_negative("model.num_cpus", self.num_cpus)
         for name in ("max_ongoing_requests", "max_queued_requests", "max_batch_size", "cache_bytes"):
@@ -110,7 +114,7 @@ class ModelDeploymentSettings:
 
 
 @dataclass
-class IngressSettings:
+class IngressConfig:
     """The HTTP ingress deployment (FastAPI): validation, decoding, auth, scene registry.
 
     Attributes:
@@ -123,6 +127,9 @@ class IngressSettings:
             replica that lost a scene encoding recompute it. An evicted scene answers 404 and must be re-registered.
         call_timeout_s: per-call timeout of ingress -> model calls, seconds (504 when exceeded).
         retry_after_s: ``Retry-After`` on 503 answers produced by the ingress/proxy, seconds.
+        max_concurrent_decodes: videos one ingress replica reads and decodes at once; more wait their turn (with
+            their upload spooled to disk by the multipart parser), so the replica's memory is bounded by this
+            times one video's upload and decode budget, whatever the number of requests.
     """
 
     num_replicas: int = 1
@@ -132,9 +139,11 @@ class IngressSettings:
     source_cache_bytes: int = 2 * 1024**3
     call_timeout_s: float = 60.0
     retry_after_s: float = 2.0
+    max_concurrent_decodes: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("num_replicas", "max_ongoing_requests", "max_queued_requests", "source_cache_bytes"):
+        for name in ("num_replicas", "max_ongoing_requests", "max_queued_requests", "source_cache_bytes",
+                     "max_concurrent_decodes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"ingress.{name} must be a positive integer, got {value!r}")
@@ -144,13 +153,17 @@ class IngressSettings:
 
 
 @dataclass
-class LimitsSettings:
+class LimitsConfig:
     """Request limits; anything beyond them is a 4xx naming the field.
 
     Attributes:
-        max_upload_bytes: largest accepted video upload (413 beyond).
+        max_upload_bytes: largest accepted video upload (413 beyond; checked from ``Content-Length`` before the
+            body is read, and counted while it streams).
+        max_json_bytes: largest accepted JSON body (413 beyond, checked the same way).
         max_duration_s: longest accepted video, seconds.
         max_source_frames: most frames an input video may have.
+        min_source_frames: fewest distinct frames a video must present (422 ``video_too_short`` below): sampling
+            ``num_frames`` from fewer repeats frames, and one view reconstructs nothing.
         num_frames: frames sampled uniformly from each video for the model (``S``).
         max_question_chars: longest question.
         max_description_chars: longest grounding description.
@@ -159,11 +172,15 @@ class LimitsSettings:
         max_new_tokens: tokens generated per answer/caption.
         ground_top_k: boxes returned per grounding request (highest score first).
         pointcloud_max_points: most points in a PLY download (uniformly subsampled beyond).
+        decode: the decode budget of one uploaded video (frame size, frames, decoded bytes, wall time, allowed
+            containers); a video over it is a 422 before (or while) it is decoded.
     """
 
     max_upload_bytes: int = 200 * 1024**2
+    max_json_bytes: int = 64 * 1024
     max_duration_s: float = 600.0
     max_source_frames: int = 20_000
+    min_source_frames: int = 8
     num_frames: int = 32
     max_question_chars: int = 1000
     max_description_chars: int = 500
@@ -172,11 +189,16 @@ class LimitsSettings:
     max_new_tokens: int = 32
     ground_top_k: int = 5
     pointcloud_max_points: int = 500_000
+    decode: DecodeBudget = field(default_factory=lambda: DecodeBudget(max_decoded_bytes=8 * 1024**3,
+                                                                      max_decode_s=30.0))
 
     def __post_init__(self) -> None:
+        if isinstance(self.decode, dict):
+            self.decode = DecodeBudget(**self.decode)
         for name in (
-            "max_upload_bytes", "max_source_frames", "num_frames", "max_question_chars", "max_description_chars",
-            "max_uri_chars", "max_new_tokens", "ground_top_k", "pointcloud_max_points",
+            "max_upload_bytes", "max_json_bytes", "max_source_frames", "min_source_frames", "num_frames",
+            "max_question_chars", "max_description_chars", "max_uri_chars", "max_new_tokens", "ground_top_k",
+            "pointcloud_max_points",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -186,7 +208,7 @@ class LimitsSettings:
 
 
 @dataclass
-class HTTPSettings:
+class HTTPConfig:
     """Serve's HTTP proxy. ``request_timeout_s`` bounds every HTTP request end to end (the proxy answers 408)."""
 
     host: str = "127.0.0.1"
@@ -214,7 +236,10 @@ class ServeConfig:
         allowed_uri_prefixes: storage prefixes ``/v1/scenes:from_uri`` may read from (e.g. ``s3://scenes/``);
             empty disables URI registration.
         auth_token_env: name of the environment variable holding the bearer token; ``None`` disables auth.
-            The variable must be set in the ingress replicas (a Kubernetes secret, or a runtime_env).
+            The variable must be set in the ingress replicas (a Kubernetes secret, or a runtime_env). Serving
+            without auth on an address other than loopback logs a warning at start-up.
+        docs_require_auth: ``/docs`` and ``/openapi.json`` need the bearer token too (needs ``auth_token_env``);
+            by default they are open.
         app_name: Serve application name.
         route_prefix: HTTP route prefix of the application.
         device: torch device of the model replicas ("cuda" needs ``model.num_gpus`` > 0).
@@ -228,18 +253,19 @@ class ServeConfig:
     model_cache_dir: str = ""
     allowed_uri_prefixes: tuple[str, ...] = ()
     auth_token_env: str | None = None
+    docs_require_auth: bool = False
     app_name: str = "vidllm"
     route_prefix: str = "/"
     device: str = "cuda"
-    model: ModelDeploymentSettings = field(default_factory=ModelDeploymentSettings)
-    ingress: IngressSettings = field(default_factory=IngressSettings)
-    limits: LimitsSettings = field(default_factory=LimitsSettings)
-    http: HTTPSettings = field(default_factory=HTTPSettings)
+    model: ModelDeploymentConfig = field(default_factory=ModelDeploymentConfig)
+    ingress: IngressConfig = field(default_factory=IngressConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    http: HTTPConfig = field(default_factory=HTTPConfig)
 
     def __post_init__(self) -> None:
         for name, cls in (
-            ("model", ModelDeploymentSettings), ("ingress", IngressSettings), ("limits", LimitsSettings),
-            ("http", HTTPSettings),
+            ("model", ModelDeploymentConfig), ("ingress", IngressConfig), ("limits", LimitsConfig),
+            ("http", HTTPConfig),
         ):
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, cls(**getattr(self, name)))
@@ -255,6 +281,8 @@ class ServeConfig:
                 raise ValueError(f"allowed_uri_prefixes entry {prefix!r} must end with '/' (a directory prefix)")
         if self.auth_token_env is not None and not self.auth_token_env:
             raise ValueError("auth_token_env must be a variable name or null")
+        if self.docs_require_auth and self.auth_token_env is None:
+            raise ValueError("docs_require_auth needs auth_token_env (there is no token to require)")
         if not self.route_prefix.startswith("/"):
             raise ValueError(f"route_prefix must start with '/', got {self.route_prefix!r}")
         if self.device not in ("cpu", "cuda"):
@@ -270,38 +298,35 @@ class ServeConfig:
     @classmethod
     def tiny(cls, model_uri: str, **overrides: Any) -> ServeConfig:
         """CPU preset for tests and laptops: one small replica each, short delays, small caches and limits."""
-        values: dict[str, Any] = {
-            "model_uri": model_uri,
-            "device": "cpu",
-            "model": ModelDeploymentSettings(
-                num_gpus=0.0, num_cpus=0.5, max_ongoing_requests=8, max_queued_requests=16, max_batch_size=4,
-                batch_wait_timeout_s=0.01, cache_bytes=64 * 1024**2, retry_after_s=1.0,
-                autoscaling=AutoscalingSettings(
-                    min_replicas=1, max_replicas=2, target_ongoing_requests=1.0, upscale_delay_s=1.0,
-                    downscale_delay_s=4.0, look_back_period_s=2.0, metrics_interval_s=0.5,
-                ),
-            ),
-            "ingress": IngressSettings(num_cpus=0.25, source_cache_bytes=64 * 1024**2, call_timeout_s=30.0),
-            "limits": LimitsSettings(
-                max_upload_bytes=4 * 1024**2, max_duration_s=30.0, max_source_frames=600, num_frames=4,
-                max_question_chars=300, max_new_tokens=8, pointcloud_max_points=50_000,
-            ),
-            "http": HTTPSettings(request_timeout_s=60.0),
-        }
-        values.update(overrides)
-        return cls(**values)
+        return dataclasses.replace(SPEC.from_dict({**tiny(), "model_uri": model_uri}), **overrides)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-serialisable dictionary (round-trips through :meth:`from_dict`)."""
-        out = dataclasses.asdict(self)
-        out["allowed_uri_prefixes"] = list(self.allowed_uri_prefixes)
-        return out
+        return pconfig.to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ServeConfig:
         """Build from a (possibly partial) nested dictionary, e.g. a Serve config file's ``args``."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown ServeConfig keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**data)
+        return SPEC.from_dict(data)
+
+
+def tiny() -> dict[str, Any]:
+    """The ``tiny`` preset (no model): CPU replicas, short delays, small caches and limits."""
+    return {
+        "device": "cpu",
+        "model": {"num_gpus": 0.0, "num_cpus": 0.5, "max_ongoing_requests": 8, "max_queued_requests": 16,
+                  "max_batch_size": 4, "batch_wait_timeout_s": 0.01, "cache_bytes": 64 * 1024**2, "retry_after_s": 1.0,
+                  "autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1.0,
+                                  "upscale_delay_s": 1.0, "downscale_delay_s": 4.0, "look_back_period_s": 2.0,
+                                  "metrics_interval_s": 0.5}},
+        "ingress": {"num_cpus": 0.25, "source_cache_bytes": 64 * 1024**2, "call_timeout_s": 30.0},
+        "limits": {"max_upload_bytes": 4 * 1024**2, "max_duration_s": 30.0, "max_source_frames": 600,
+                   "min_source_frames": 4, "num_frames": 4, "max_question_chars": 300, "max_new_tokens": 8,
+                   "pointcloud_max_points": 50_000,
+                   "decode": {"max_frame_pixels": 1920 * 1080, "max_frames": 600, "max_decoded_bytes": 512 * 1024**2,
+                              "max_decode_s": 20.0}},
+        "http": {"request_timeout_s": 60.0},
+    }
+
+
+SPEC = pconfig.ConfigSpec(ServeConfig, "serve", {"default": dict, "tiny": tiny})

@@ -30,8 +30,35 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, str | None]:
-        return {"error": self.error, "field": self.field, "detail": self.detail}
+        """The JSON body; ``field`` and ``detail`` may quote client input, so they are made UTF-8-safe (a lone
+        surrogate would make the response itself fail to encode) and bounded in length."""
+        field = None if self.field is None else printable(self.field, _MAX_FIELD_CHARS)
+        return {"error": self.error, "field": field, "detail": printable(self.detail, _MAX_DETAIL_CHARS)}
+
+
+_MAX_FIELD_CHARS = 200
+_MAX_DETAIL_CHARS = 2000
+
+
+def printable(text: str, limit: int) -> str:
+    """``text`` with characters UTF-8 cannot encode escaped (``\\udc80``), cut to ``limit`` characters."""
+    safe = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return safe if len(safe) <= limit else safe[: limit - 3] + "..."
 
 
 class ModelInputError(ValueError):
-    """Frames or a request argument the model cannot take (wrong shape, too many frames): a 4xx, not a crash."""
+    """Frames or a request argument the model cannot take (wrong shape, text that does not tokenize or does not
+    fit the model's context): a 422 naming ``field``, not a crash.
+
+    Args:
+        message: what is wrong.
+        field: the request field at fault, or ``None``.
+    """
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+    def __reduce__(self):
+        # Raised in a model replica and re-raised in the ingress: pickle the field along with the message.
+        return type(self), (str(self), self.field)

@@ -10,7 +10,11 @@ Request flow inside a replica:
   never a wrong answer.
 * Calls of one kind arriving together run as one model batch (``@serve.batch``; size and wait from the config).
   Cached encodings of different scenes are concatenated along the batch axis, padding the variable number of
-  scene tokens with masked-out zeros.
+  scene tokens with masked-out zeros. A batch that raises is run again item by item (:func:`isolate_failures`),
+  so a failing request fails alone and its neighbours are answered.
+* Client text is tokenized on its own before it joins a batch: text the tokenizer refuses, or that would not fit
+  the model's context next to the scene tokens and the answer, is a :class:`ModelInputError` (422 naming the
+  field) for that request only.
 
 Routing affinity: the ingress tags each call with ``multiplexed_model_id = scene_id``. The replica "loads" that id
 through ``@serve.multiplexed`` (a no-op that only advertises the id), so Serve's router prefers the replica that
@@ -28,6 +32,8 @@ import asyncio
 import dataclasses
 import logging
 import math
+import os
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,10 +43,10 @@ import numpy as np
 import torch
 from ray import serve
 
+from pipelines.artifacts import load_model_and_tokenizer, resolve_model
 from pipelines.serve.cache import ByteLRU
 from pipelines.serve.config import ServeConfig
 from pipelines.serve.errors import ModelInputError
-from pipelines.serve.model_store import load_model_and_tokenizer, resolve_model_dir
 from pipelines.serve.pointcloud import camera_centres
 from pipelines.serve.video_input import SamplingSpec
 
@@ -48,6 +54,10 @@ logger = logging.getLogger("ray.serve")
 
 # Scene ids a replica advertises to the router (an affinity hint; the byte-bounded LRU bounds memory).
 _ROUTING_SLOTS = 1024
+# Recent batch sizes kept for stats() (a bounded window, not a log that grows with every batch).
+_BATCH_SIZE_WINDOW = 256
+# Tokens a prompt template adds around the client's text (qa/grounding prompts hold fewer than this).
+_PROMPT_TEMPLATE_TOKENS = 32
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,39 @@ class SceneMiss:
     """Returned (not raised) by a replica that does not hold ``scene_id``'s encoding and was given no frames."""
 
     scene_id: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    """One item's failure inside a batch, returned in its slot so that only its own caller raises."""
+
+    error: Exception
+
+
+def unwrap(result: Any) -> Any:
+    """The value of one batch slot; re-raise the item's own error if it failed."""
+    if isinstance(result, Failed):
+        raise result.error
+    return result
+
+
+async def isolate_failures(run: Callable[[list[Any]], Awaitable[list[Any]]], items: list[Any]) -> list[Any]:
+    """``run(items)``; if it raises, ``run([item])`` for each item, so each slot holds a result or its own
+    :class:`Failed`. One bad item then costs its neighbours a second, single-item run, never their answer."""
+    try:
+        return await run(items)
+    except Exception as exc:  # noqa: BLE001 - handed back per item below
+        if len(items) == 1:
+            return [Failed(exc)]
+        logger.warning("a batch of %d failed (%s: %s); running its items one by one", len(items),
+                       type(exc).__name__, exc)
+    out: list[Any] = []
+    for item in items:
+        try:
+            out.extend(await run([item]))
+        except Exception as exc:  # noqa: BLE001 - this item's own failure
+            out.append(Failed(exc))
+    return out
 
 
 def concat_encodings(encodings: list[Any]) -> Any:
@@ -100,7 +143,8 @@ class VidLLMModel:
 
     def __init__(self, config: dict[str, Any]):
         self._cfg = ServeConfig.from_dict(config)
-        checkpoint = resolve_model_dir(self._cfg.model_uri, self._cfg.model_cache_dir)
+        checkpoint = resolve_model(self._cfg.model_uri, os.environ.get("MLFLOW_TRACKING_URI"),
+                                   self._cfg.model_cache_dir).local_dir
         self._model, self._tokenizer = load_model_and_tokenizer(checkpoint, self._cfg.device)
         self._device = torch.device(self._cfg.device)
         size = int(self._model.vidllm_config.encoder.dinov2["image_size"])
@@ -111,18 +155,38 @@ class VidLLMModel:
         for batched in (self._encode_batch, self._answer_batch, self._caption_batch, self._ground_batch):
             batched.set_max_batch_size(self._cfg.model.max_batch_size)
             batched.set_batch_wait_timeout_s(self._cfg.model.batch_wait_timeout_s)
-        self.batch_sizes: list[int] = []
+        self.batch_sizes: deque[int] = deque(maxlen=_BATCH_SIZE_WINDOW)
+        self._max_positions = getattr(self._model.llm.config, "max_position_embeddings", None)
+        # The task tokens (<scene>, <loc>) are among the tokenizer's special tokens.
+        self._reserved = sorted({str(t) for t in self._tokenizer.all_special_tokens})
         logger.info("VidLLM loaded from %s (%s); sampling %s", checkpoint, self._cfg.device, self._spec)
 
     # ---- control -------------------------------------------------------------------------------------------
 
-    def input_spec(self) -> dict[str, int]:
-        """``num_frames`` and the ``height``/``width`` frames must be resized to."""
-        return {"num_frames": self._spec.num_frames, "height": self._spec.height, "width": self._spec.width}
+    def input_spec(self) -> dict[str, Any]:
+        """``num_frames`` and the ``height``/``width`` frames must be resized to, and ``reserved_text``: the
+        tokenizer's special tokens, which client text must not contain (they would rewrite the prompt)."""
+        return {"num_frames": self._spec.num_frames, "height": self._spec.height, "width": self._spec.width,
+                "reserved_text": list(self._reserved)}
 
     def stats(self) -> dict[str, Any]:
-        """Cache statistics and recent batch sizes of this replica (for tests and benchmarks)."""
-        return {"cache": self._cache.stats(), "batch_sizes": list(self.batch_sizes[-256:])}
+        """Cache statistics and the last ``_BATCH_SIZE_WINDOW`` batch sizes of this replica."""
+        return {"cache": self._cache.stats(), "batch_sizes": list(self.batch_sizes)}
+
+    def _check_text(self, field: str, text: str, encoding: Any) -> None:
+        """Refuse (422) client text the tokenizer cannot encode, or that does not fit the model's context next to
+        the scene's tokens and the answer; this runs per request, before the text joins a batch."""
+        try:
+            count = len(self._tokenizer(text)["input_ids"])
+        except Exception as exc:  # noqa: BLE001 - any tokenizer failure is this text's fault
+            raise ModelInputError(f"{field} cannot be tokenized ({type(exc).__name__})", field) from exc
+        if self._max_positions is None:
+            return
+        needed = count + int(encoding.mask.sum()) + self._cfg.limits.max_new_tokens + _PROMPT_TEMPLATE_TOKENS
+        if needed > self._max_positions:
+            raise ModelInputError(
+                f"{field} is {count} tokens; with the scene and the answer it needs {needed} positions, the model "
+                f"has {self._max_positions}", field)
 
     @serve.multiplexed(max_num_models_per_replica=_ROUTING_SLOTS)
     async def _route_scene(self, scene_id: str) -> str:
@@ -153,7 +217,7 @@ class VidLLMModel:
             expected = (self._spec.num_frames, self._spec.height, self._spec.width, 3)
             if frames.dtype != np.uint8 or tuple(frames.shape) != expected:
                 raise ModelInputError(f"frames must be uint8 {expected}, got {frames.dtype} {tuple(frames.shape)}")
-            encoding = await self._encode_batch(frames)
+            encoding = unwrap(await self._encode_batch(frames))
             self._cache.put(scene_id, encoding)
         return await step(encoding)
 
@@ -168,15 +232,26 @@ class VidLLMModel:
         return await self._with_scene(scene_id, frames, summary)
 
     async def answer(self, scene_id: str, question: str, frames: np.ndarray | None = None) -> str | SceneMiss:
-        return await self._with_scene(scene_id, frames, lambda enc: self._answer_batch((enc, question)))
+        async def step(enc: Any) -> str:
+            self._check_text("question", question, enc)
+            return unwrap(await self._answer_batch((enc, question)))
+
+        return await self._with_scene(scene_id, frames, step)
 
     async def caption(self, scene_id: str, box: list[float], frames: np.ndarray | None = None) -> str | SceneMiss:
-        return await self._with_scene(scene_id, frames, lambda enc: self._caption_batch((enc, box)))
+        async def step(enc: Any) -> str:
+            return unwrap(await self._caption_batch((enc, box)))
+
+        return await self._with_scene(scene_id, frames, step)
 
     async def ground(
         self, scene_id: str, description: str, frames: np.ndarray | None = None
     ) -> list[dict[str, Any]] | SceneMiss:
-        return await self._with_scene(scene_id, frames, lambda enc: self._ground_batch((enc, description)))
+        async def step(enc: Any) -> list[dict[str, Any]]:
+            self._check_text("description", description, enc)
+            return unwrap(await self._ground_batch((enc, description)))
+
+        return await self._with_scene(scene_id, frames, step)
 
     async def geometry(self, scene_id: str, frames: np.ndarray | None = None) -> dict[str, np.ndarray] | SceneMiss:
         """Metric depth ``[S, H, W]``, camera-from-world ``[S, 3, 4]`` and intrinsics ``[S, 3, 3]`` (numpy)."""
@@ -192,70 +267,75 @@ class VidLLMModel:
 
     # ---- batched model steps ---------------------------------------------------------------------------------
 
+    # Each batched step returns one slot per request: its result, or its own :class:`Failed`.
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _encode_batch(self, clips: list[np.ndarray]) -> list[Any]:
         self.batch_sizes.append(len(clips))
 
-        def work() -> list[Any]:
-            frames = torch.from_numpy(np.stack(clips)).to(self._device)  # [B, S, H, W, 3] uint8
+        def work(batch: list[np.ndarray]) -> list[Any]:
+            frames = torch.from_numpy(np.stack(batch)).to(self._device)  # [B, S, H, W, 3] uint8
             frames = frames.permute(0, 1, 4, 2, 3).float().div_(255.0)  # [B, S, 3, H, W] in [0, 1]
             with torch.inference_mode():
                 encoding = self._model.encode_scene(frames)
-            return [encoding.select([i]) for i in range(len(clips))]
+            return [encoding.select([i]) for i in range(len(batch))]
 
-        return await self._run(work)
+        return await isolate_failures(lambda batch: self._run(work, batch), clips)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _answer_batch(self, items: list[tuple[Any, str]]) -> list[str]:
         self.batch_sizes.append(len(items))
 
-        def work() -> list[str]:
-            scene = concat_encodings([enc for enc, _ in items])
+        def work(batch: list[tuple[Any, str]]) -> list[str]:
+            scene = concat_encodings([enc for enc, _ in batch])
             with torch.inference_mode():
                 return self._model.answer(
-                    scene, [q for _, q in items], self._tokenizer, max_new_tokens=self._cfg.limits.max_new_tokens
+                    scene, [q for _, q in batch], self._tokenizer, max_new_tokens=self._cfg.limits.max_new_tokens
                 )
 
-        return await self._run(work)
+        return await isolate_failures(lambda batch: self._run(work, batch), items)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _caption_batch(self, items: list[tuple[Any, list[float]]]) -> list[str]:
         self.batch_sizes.append(len(items))
 
-        def work() -> list[str]:
-            scene = concat_encodings([enc for enc, _ in items])
-            boxes = torch.tensor([b for _, b in items], dtype=torch.float32, device=self._device)  # [B, 6]
+        def work(batch: list[tuple[Any, list[float]]]) -> list[str]:
+            scene = concat_encodings([enc for enc, _ in batch])
+            boxes = torch.tensor([b for _, b in batch], dtype=torch.float32, device=self._device)  # [B, 6]
             with torch.inference_mode():
                 return self._model.caption(
                     scene, boxes, self._tokenizer, max_new_tokens=self._cfg.limits.max_new_tokens
                 )
 
-        return await self._run(work)
+        return await isolate_failures(lambda batch: self._run(work, batch), items)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _ground_batch(self, items: list[tuple[Any, str]]) -> list[list[dict[str, Any]]]:
         self.batch_sizes.append(len(items))
         top_k = self._cfg.limits.ground_top_k
 
-        def work() -> list[list[dict[str, Any]]]:
-            scene = concat_encodings([enc for enc, _ in items])
+        def work(batch: list[tuple[Any, str]]) -> list[list[dict[str, Any]]]:
+            scene = concat_encodings([enc for enc, _ in batch])
             with torch.inference_mode():
-                out = self._model.ground(scene, [d for _, d in items], self._tokenizer)
-            boxes = out.boxes.float().cpu().numpy()  # [B, Q, 6]
-            scores = out.scores.float().cpu().numpy()  # [B, Q]
-            results = []
-            for b in range(len(items)):
-                order = np.argsort(-scores[b], kind="stable")
-                kept = []
-                for q in order:
-                    box, score = boxes[b, q], float(scores[b, q])
-                    # A box the client cannot use (non-finite, or not a volume) is dropped rather than returned.
-                    if not (np.isfinite(box).all() and (box[3:] > 0).all() and math.isfinite(score)):
-                        continue
-                    kept.append({"center": box[:3].tolist(), "size": box[3:].tolist(), "score": score})
-                    if len(kept) == top_k:
-                        break
-                results.append(kept)
-            return results
+                out = self._model.ground(scene, [d for _, d in batch], self._tokenizer)
+            return ranked_boxes(out.boxes.float().cpu().numpy(), out.scores.float().cpu().numpy(), top_k)
 
-        return await self._run(work)
+        return await isolate_failures(lambda batch: self._run(work, batch), items)
+
+
+def ranked_boxes(boxes: np.ndarray, scores: np.ndarray, top_k: int) -> list[list[dict[str, Any]]]:
+    """Per item, up to ``top_k`` boxes ``[B, Q, 6]`` by descending score ``[B, Q]``; a box the client cannot use
+    (non-finite, or not a volume) is dropped rather than returned."""
+    results = []
+    for b in range(boxes.shape[0]):
+        order = np.argsort(-scores[b], kind="stable")
+        kept = []
+        for q in order:
+            box, score = boxes[b, q], float(scores[b, q])
+            if not (np.isfinite(box).all() and (box[3:] > 0).all() and math.isfinite(score)):
+                continue
+            kept.append({"center": box[:3].tolist(), "size": box[3:].tolist(), "score": score})
+            if len(kept) == top_k:
+                break
+        results.append(kept)
+    return results

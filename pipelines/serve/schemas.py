@@ -2,15 +2,48 @@
 
 Geometry is in metres in the scene's first-camera frame (OpenCV axes: x right, y down, z forward), the frame the
 model reconstructs in. Boxes are axis-aligned in that frame: ``center`` and full ``size`` (dx, dy, dz).
+
+Validation refuses, as a 422 naming the field, what would otherwise fail later: text that is not valid Unicode
+(a JSON ``"\\ud800"`` escape decodes to a lone surrogate, which no tokenizer can encode) or that holds NUL or
+other C0 control characters besides tab and newline, and numbers that are not finite floats (``NaN``,
+``Infinity``, or integers too large for a float such as a 400-digit literal).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, field_validator
 
-Vec3 = tuple[StrictFloat | StrictInt, StrictFloat | StrictInt, StrictFloat | StrictInt]
+
+def check_text(value: str) -> str:
+    """``value`` if it is valid Unicode text a tokenizer can take, else ``ValueError`` saying why."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"must be valid Unicode text (character {exc.start} is a lone surrogate)") from exc
+    bad = next((i for i, c in enumerate(value) if (ord(c) < 0x20 and c not in "\t\n\r") or ord(c) == 0x7F), None)
+    if bad is not None:
+        raise ValueError(f"must not contain control characters (character {bad} is U+{ord(value[bad]):04X})")
+    return value
+
+
+Text = Annotated[StrictStr, AfterValidator(check_text)]
+
+
+def _number(value: object) -> float:
+    """A JSON number as a float: no booleans or strings, no integers beyond the float range."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number")
+    try:
+        return float(value)
+    except OverflowError as exc:
+        raise ValueError("must be a finite number (this integer is too large)") from exc
+
+
+Number = Annotated[float, BeforeValidator(_number)]
+Vec3 = tuple[Number, Number, Number]
 
 
 class _Strict(BaseModel):
@@ -18,7 +51,7 @@ class _Strict(BaseModel):
 
 
 class SceneFromUriRequest(_Strict):
-    uri: StrictStr = Field(description="Object-store URI of a video under one of the allowed prefixes.")
+    uri: Text = Field(description="Object-store URI of a video under one of the allowed prefixes.")
 
 
 class SceneResponse(BaseModel):
@@ -31,7 +64,7 @@ class SceneResponse(BaseModel):
 
 
 class QuestionRequest(_Strict):
-    question: StrictStr = Field(description="Question about the scene.")
+    question: Text = Field(description="Question about the scene.")
 
 
 class AnswerResponse(BaseModel):
@@ -71,7 +104,7 @@ class CaptionResponse(BaseModel):
 
 
 class GroundRequest(_Strict):
-    description: StrictStr = Field(description="Referring expression of one object.")
+    description: Text = Field(description="Referring expression of one object.")
 
 
 class ScoredBox(BaseModel):

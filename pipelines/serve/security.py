@@ -2,12 +2,15 @@
 
 Scene URIs are the one place a client can make the service read storage, so they are checked strictly before any
 filesystem is touched: only object-store schemes, no local paths, no ``file://``/``http(s)://``, no ``.``/``..``
-segments (also when percent-encoded), no control characters, and the URI must start with a configured prefix.
+segments (also when percent-encoded), no control characters, no fsspec chaining (``::``, which stacks another
+filesystem, local ones included, under the URI and makes a new filesystem object per distinct chain), and the URI
+must start with a configured prefix.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import os
 import re
 from urllib.parse import unquote
@@ -34,6 +37,8 @@ def check_scene_uri(uri: object, allowed_prefixes: tuple[str, ...], max_chars: i
         raise ApiError(422, "invalid_uri", f"uri is {len(uri)} characters long, the limit is {max_chars}", "uri")
     if any(ord(c) < 0x20 or ord(c) == 0x7F or c.isspace() or c == "\\" for c in uri):
         raise ApiError(400, "invalid_uri", "uri contains whitespace, control characters or backslashes", "uri")
+    if "::" in uri:
+        raise ApiError(400, "invalid_uri", "uri must not chain filesystems ('::')", "uri")
     if _ENCODED_PATH_CHARS.search(uri) or "%" in unquote(uri):
         raise ApiError(400, "path_traversal", "uri contains percent-encoded path characters ('.', '/', '\\')", "uri")
     match = _SCHEME.match(uri)
@@ -51,6 +56,24 @@ def check_scene_uri(uri: object, allowed_prefixes: tuple[str, ...], max_chars: i
     if not any(uri.startswith(prefix) for prefix in allowed_prefixes):
         raise ApiError(403, "uri_not_allowed", "uri is outside the allowed storage prefixes", "uri")
     return uri
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an HTTP bind address only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+def exposure_warning(host: str, auth_enabled: bool) -> str | None:
+    """The start-up warning for serving without authentication on an address other machines can reach."""
+    if auth_enabled or is_loopback(host):
+        return None
+    return (f"serving on {host} without authentication: anyone who can reach this address can register videos "
+            "and query scenes; set auth_token_env (--auth-token-env) to require a bearer token")
 
 
 class BearerAuth:

@@ -1,9 +1,11 @@
 """Turn an uploaded or referenced video into the model's input frames, enforcing the request limits.
 
 Decoding is :mod:`pipelines.scenes.video` (PyAV: best video stream, display rotation applied, display-order frame
-indices); this module adds the serving policy: size/duration/frame-count limits checked from the container header
-before any frame is decoded, uniform sampling of ``num_frames`` frames, and a centre crop to the model's aspect
-ratio followed by a bilinear resize to the model's input size, so every scene batches with every other.
+indices, presented frames only); this module adds the serving policy: the upload limits and the decode budget
+(``limits.decode``) checked from the container before any frame is decoded, at least ``min_source_frames``
+distinct frames, uniform sampling of ``num_frames`` frames, and a centre crop to the model's aspect ratio followed
+by a bilinear resize to the model's input size (applied to each frame as it is decoded, so full-size frames are
+never held together), so every scene batches with every other.
 """
 
 from __future__ import annotations
@@ -15,9 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pipelines.scenes.errors import CorruptDataError, MissingFileError, SceneDataError
+from pipelines.scenes.errors import (
+    DecodeBudgetError,
+    SceneDataError,
+    TruncatedFileError,
+    UnsupportedContainerError,
+)
 from pipelines.scenes.video import decode_frames, probe, uniform_indices
-from pipelines.serve.config import LimitsSettings
+from pipelines.serve.config import LimitsConfig
 from pipelines.serve.errors import ApiError
 from pipelines.storage import filesystem
 
@@ -75,17 +82,29 @@ def _fit(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((width, height), Image.BILINEAR))
 
 
-def sample_clip(data: bytes, spec: SamplingSpec, limits: LimitsSettings, field: str = "video") -> SampledClip:
+def _video_error(exc: SceneDataError, field: str) -> ApiError:
+    """The 422 for a video the decoder refuses (the problem text names no server path: the source is bytes)."""
+    if isinstance(exc, UnsupportedContainerError):
+        return ApiError(422, "unsupported_container", f"not a decodable video: {exc.problem}", field)
+    if isinstance(exc, DecodeBudgetError):
+        return ApiError(422, "video_over_budget", f"the video is too costly to decode: {exc.problem}", field)
+    if isinstance(exc, TruncatedFileError):
+        return ApiError(422, "truncated_video", f"truncated video: {exc.problem}", field)
+    return ApiError(422, "invalid_video", f"not a decodable video: {exc.problem}", field)
+
+
+def sample_clip(data: bytes, spec: SamplingSpec, limits: LimitsConfig, field: str = "video") -> SampledClip:
     """Check limits, decode ``spec.num_frames`` uniformly spaced frames and resize them.
 
     Args:
         data: the whole video file.
         spec: sampling settings (from the loaded model).
-        limits: request limits.
+        limits: request limits, including the decode budget.
         field: request field named in errors.
 
     Raises:
-        ApiError: 400 empty body, 413 over the byte limit, 422 not a video / truncated / too long / too many frames.
+        ApiError: 400 empty body, 413 over the byte limit, 422 not a video of an allowed container / over the
+            decode budget / truncated / corrupt / too long / too many or too few frames.
     """
     if not data:
         raise ApiError(400, "empty_video", "the video is empty (0 bytes)", field)
@@ -93,39 +112,43 @@ def sample_clip(data: bytes, spec: SamplingSpec, limits: LimitsSettings, field: 
         raise ApiError(413, "video_too_large", f"{len(data)} bytes exceeds the {limits.max_upload_bytes}-byte limit",
                        field)
     try:
-        info = probe(data)
+        info = probe(data, budget=limits.decode)
     except SceneDataError as exc:
-        raise ApiError(422, "invalid_video", f"not a decodable video: {exc.problem}", field) from exc
+        raise _video_error(exc, field) from exc
     if info.duration_s > limits.max_duration_s:
         raise ApiError(422, "video_too_long",
                        f"video lasts {info.duration_s:.1f} s, the limit is {limits.max_duration_s:g} s", field)
     if info.num_frames > limits.max_source_frames:
         raise ApiError(422, "video_too_long",
                        f"video has {info.num_frames} frames, the limit is {limits.max_source_frames}", field)
+    if info.num_frames < limits.min_source_frames:
+        raise ApiError(422, "video_too_short",
+                       f"video has {info.num_frames} frame{'s' if info.num_frames != 1 else ''}; at least "
+                       f"{limits.min_source_frames} distinct frames are needed", field)
     try:
-        decoded = decode_frames(data, uniform_indices(info.num_frames, spec.num_frames))
-    except (SceneDataError, IndexError) as exc:
-        problem = exc.problem if isinstance(exc, SceneDataError) else str(exc)
-        raise ApiError(422, "invalid_video", f"truncated or corrupt video: {problem}", field) from exc
-    frames = np.stack([_fit(f.rgb, spec.height, spec.width) for f in decoded])
+        decoded = decode_frames(data, uniform_indices(info.num_frames, spec.num_frames), budget=limits.decode,
+                                expect_frames=info.num_frames, transform=lambda rgb: _fit(rgb, spec.height, spec.width))
+    except SceneDataError as exc:
+        raise _video_error(exc, field) from exc
+    frames = np.stack([f.rgb for f in decoded])
     return SampledClip(frames=frames, num_source_frames=info.num_frames, duration_s=info.duration_s)
 
 
 def read_uri_limited(uri: str, max_bytes: int) -> bytes:
-    """Read a (pre-checked) object-store URI, refusing objects over ``max_bytes`` before downloading them.
+    """Read a (pre-checked) object-store URI in one bounded read: at most ``max_bytes + 1`` bytes are fetched
+    (one ranged GET on S3), so an object that is, or is swapped to, anything larger is refused without being
+    downloaded, and no size check can go stale before the read.
 
     Raises:
         ApiError: 404 when the object does not exist, 413 when it is too large, 422 when it cannot be read.
     """
     try:
         fs, path = filesystem(uri)
-        if not fs.exists(path) or fs.isdir(path):
-            raise MissingFileError(uri, "no such object")
-        size = int(fs.size(path))
-        if size > max_bytes:
-            raise ApiError(413, "video_too_large", f"{uri} is {size} bytes, the limit is {max_bytes}", "uri")
-        return fs.cat_file(path)
-    except MissingFileError as exc:
+        data = fs.cat_file(path, start=0, end=max_bytes + 1)
+    except (FileNotFoundError, IsADirectoryError) as exc:
         raise ApiError(404, "uri_not_found", f"{uri}: no such object", "uri") from exc
-    except (OSError, CorruptDataError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         raise ApiError(422, "uri_unreadable", f"{uri} could not be read: {type(exc).__name__}", "uri") from exc
+    if len(data) > max_bytes:
+        raise ApiError(413, "video_too_large", f"{uri} is larger than the {max_bytes}-byte limit", "uri")
+    return data

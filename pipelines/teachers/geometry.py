@@ -1,53 +1,20 @@
 """Geometry teacher: the DINOv2-with-registers encoder VGGT-1B starts from, giving patch tokens per frame.
 
-Also holds :func:`resolve_pretrained`, shared by both teachers: an HF folder on object storage is downloaded once
-per node into a cache directory (atomically renamed into place, so concurrent actors never see half a folder).
+Teacher folders on object storage are downloaded once per node into the artifact cache of
+:mod:`pipelines.artifacts` (atomically renamed into place, so concurrent actors never see half a folder).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import posixpath
-import shutil
-import tempfile
-import uuid
-
 import numpy as np
 import torch
 
-from pipelines import storage
+from pipelines.artifacts import local_dir
+from pipelines.teachers.architecture import check_architecture
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_pretrained(uri: str, cache_dir: str) -> str:
-    """A local directory holding the HF folder at ``uri`` (returned as is when it is already local)."""
-    fs, path = storage.filesystem(uri)
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if "file" in protocols or "local" in protocols:
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"{uri}: teacher model folder does not exist")
-        return path
-    cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "vidllm-teacher-cache")
-    target = os.path.join(cache_dir, hashlib.sha256(uri.encode()).hexdigest()[:16])
-    if os.path.isdir(target):
-        return target
-    if not fs.exists(path):
-        raise FileNotFoundError(f"{uri}: teacher model folder does not exist")
-    tmp = f"{target}.tmp-{uuid.uuid4().hex}"
-    os.makedirs(tmp)
-    for remote in fs.find(path):
-        rel = posixpath.relpath(remote, path)
-        os.makedirs(os.path.dirname(os.path.join(tmp, rel)) or tmp, exist_ok=True)
-        fs.get_file(remote, os.path.join(tmp, rel))
-    try:
-        os.rename(tmp, target)
-    except OSError:  # another actor on this node finished first; its copy is identical
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def pick_device(num_gpus: float) -> torch.device:
@@ -64,7 +31,7 @@ def to_pixels(frames: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...
 
 
 class GeometryTeacher:
-    """Frozen ``Dinov2WithRegistersModel``; :meth:`__call__` maps frames to patch tokens.
+    """Frozen ``Dinov2WithRegistersModel`` (or plain ``Dinov2Model``); :meth:`__call__` maps frames to patch tokens.
 
     Args:
         path: local path or URI of the HF folder (``config.json`` + safetensors).
@@ -72,17 +39,20 @@ class GeometryTeacher:
         dtype: compute dtype name.
         num_gpus: > 0 runs on CUDA when available.
         frames_per_forward: frames per forward pass (bounds activation memory).
+        architecture: the expected HF class, checked against ``config.json`` before loading.
     """
 
     def __init__(self, path: str, cache_dir: str, dtype: str = "float32", num_gpus: float = 0.0,
-                 frames_per_forward: int = 32):
-        from transformers import Dinov2WithRegistersModel
+                 frames_per_forward: int = 32, architecture: str = "Dinov2WithRegistersModel"):
+        from transformers import Dinov2Model, Dinov2WithRegistersModel
 
         self.device, self.dtype = pick_device(num_gpus), TORCH_DTYPES[dtype]
-        local = resolve_pretrained(path, cache_dir)
-        self.model = Dinov2WithRegistersModel.from_pretrained(local, dtype=self.dtype).to(self.device).eval()
+        local = local_dir(path, cache_dir, flag="geometry_teacher")
+        check_architecture(local, "geometry", architecture, source=path)
+        model_cls = {"Dinov2WithRegistersModel": Dinov2WithRegistersModel, "Dinov2Model": Dinov2Model}[architecture]
+        self.model = model_cls.from_pretrained(local, dtype=self.dtype).to(self.device).eval()
         self.patch_size = int(self.model.config.patch_size)
-        self.num_prefix = 1 + int(self.model.config.num_register_tokens)
+        self.num_prefix = 1 + int(getattr(self.model.config, "num_register_tokens", 0))
         self.hidden_size = int(self.model.config.hidden_size)
         self.frames_per_forward = frames_per_forward
 
@@ -94,7 +64,7 @@ class GeometryTeacher:
             frames: ``[S, H, W, 3]`` uint8 RGB, H and W multiples of the patch size.
 
         Returns:
-            ``[S, (H/p) * (W/p), C]`` float32 last-layer patch tokens (CLS and register tokens dropped), row-major
+            ``[S, (H/p) * (W/p), C]`` float32 last-layer patch tokens (CLS and any register tokens dropped), row-major
             over the patch grid.
         """
         h, w = frames.shape[1:3]

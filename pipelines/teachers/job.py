@@ -84,11 +84,12 @@ def _todo_clips(samples: Iterator[dict[str, Any]], todo: set[str]) -> Iterator[d
 class GeometryUDF:
     """Ray Data actor: the geometry teacher, loaded once in ``__init__``."""
 
-    def __init__(self, path: str, cache_dir: str, dtype: str, num_gpus: float, token_codec: str):
+    def __init__(self, path: str, cache_dir: str, dtype: str, num_gpus: float, token_codec: str,
+                 architecture: str):
         from pipelines.teachers.geometry import GeometryTeacher
 
-        self.teacher = GeometryTeacher(path, cache_dir, dtype=dtype, num_gpus=num_gpus)
-        self.token_codec = token_codec
+        self.teacher = GeometryTeacher(path, cache_dir, dtype=dtype, num_gpus=num_gpus, architecture=architecture)
+        self.token_codec, self.dtype = token_codec, dtype
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         geo = []
@@ -99,7 +100,7 @@ class GeometryUDF:
             tokens = self.teacher(np.asarray(frames))
             h, w = np.asarray(frames).shape[1:3]
             info = {"patch_grid": list(self.teacher.patch_grid(h, w)), "geo_dim": self.teacher.hidden_size,
-                    "patch_size": self.teacher.patch_size}
+                    "patch_size": self.teacher.patch_size, "geometry_dtype": self.dtype}
             fields = encode_teacher_geo(tokens, self.token_codec)
             geo.append(write_tar(sorted(fields.items()) + [("geo_info.json", json_bytes(info))]))
         return {**batch, "geo": geo}
@@ -108,22 +109,31 @@ class GeometryUDF:
 class SemanticUDF:
     """Ray Data actor: the semantic teacher, loaded once in ``__init__``."""
 
-    def __init__(self, path: str, cache_dir: str, dtype: str, num_gpus: float):
+    def __init__(self, path: str, cache_dir: str, dtype: str, num_gpus: float, view: str, architecture: str):
         from pipelines.teachers.semantic import SemanticTeacher
 
-        self.teacher = SemanticTeacher(path, cache_dir, dtype=dtype, num_gpus=num_gpus)
+        self.teacher = SemanticTeacher(path, cache_dir, dtype=dtype, num_gpus=num_gpus, view=view,
+                                       architecture=architecture)
+        self.dtype = dtype
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        sem = [
-            self.teacher(np.asarray(f)).astype(np.float32) if not e else np.zeros((0, 1), np.float32)
-            for f, e in zip(batch["frames"], batch["error"], strict=True)
-        ]
+        sem, info = [], []
+        for frames, error in zip(batch["frames"], batch["error"], strict=True):
+            frames = np.asarray(frames)
+            if error:
+                sem.append(np.zeros((0, 1), np.float32))
+                info.append("{}")
+                continue
+            sem.append(self.teacher(frames).astype(np.float32))
+            info.append(json.dumps({"semantic_view": self.teacher.view(*frames.shape[1:3]),
+                                    "semantic_dtype": self.dtype}))
         out = {k: v for k, v in batch.items() if k != "frames"}  # frames are not needed downstream
-        return {**out, "sem": sem}
+        return {**out, "sem": sem, "sem_info": info}
 
 
 def stage_training_clip(key: str, sample_tar: bytes, geo_tar: bytes, sem: np.ndarray, error: str,
-                        out: str, teacher_info: dict[str, Any], token_codec: str) -> dict[str, Any]:
+                        out: str, teacher_info: dict[str, Any], token_codec: str,
+                        sem_info: str = "{}") -> dict[str, Any]:
     """Write one clip's TRAINING sample (or its quarantine record) to the staging area."""
     scene_id = split_key(key)[0]
     if error:
@@ -132,7 +142,8 @@ def stage_training_clip(key: str, sample_tar: bytes, geo_tar: bytes, sem: np.nda
         return {"key": key, "status": "quarantined", "bytes": 0, "frames": 0}
     sample = group_members(read_tar(sample_tar))[0]
     geo_members = dict(read_tar(geo_tar))
-    info = {**teacher_info, **json.loads(geo_members.pop("geo_info.json")), "sem_dim": int(sem.shape[-1])}
+    info = {**teacher_info, **json.loads(geo_members.pop("geo_info.json")), **json.loads(sem_info),
+            "sem_dim": int(sem.shape[-1])}
     sample.update(encode_teacher_sem(sem, info, token_codec))
     sample.update(geo_members)
     data = write_tar(sample_members(sample))
@@ -148,9 +159,9 @@ class ClipStager:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         rows = [
-            stage_training_clip(k, s, g, np.asarray(m), e, self.out, self.teacher_info, self.token_codec)
-            for k, s, g, m, e in zip(batch["key"], batch["sample"], batch["geo"], batch["sem"], batch["error"],
-                                     strict=True)
+            stage_training_clip(k, s, g, np.asarray(m), e, self.out, self.teacher_info, self.token_codec, i)
+            for k, s, g, m, e, i in zip(batch["key"], batch["sample"], batch["geo"], batch["sem"], batch["error"],
+                                        batch["sem_info"], strict=True)
         ]
         return {name: [r[name] for r in rows] for name in ("key", "status", "bytes", "frames")}
 
@@ -168,6 +179,35 @@ def _io_pool_kwargs(config: TeachersConfig) -> dict[str, Any]:
     return {"compute": ray.data.ActorPoolStrategy(size=config.io_concurrency), "num_cpus": config.io_num_cpus}
 
 
+def check_teachers(config: TeachersConfig) -> dict[str, str]:
+    """Check both teacher folders' architectures from their ``config.json`` (nothing else is fetched).
+
+    Folders given as MLflow registry or run URIs are checked by each teacher actor on its downloaded copy instead.
+
+    Returns:
+        ``{"geometry": label, "semantic": label}``: the random stand-in labels (``""`` for real weights or when
+        the folder is checked later).
+
+    Raises:
+        TeacherArchitectureError: a folder is not the configured architecture (one line naming both).
+        InputError: a folder has no ``config.json``.
+    """
+    from pipelines.artifacts import normalise
+    from pipelines.teachers.architecture import check_architecture, standin_label
+
+    labels = {}
+    for role, uri, arch in (("geometry", config.geometry_teacher, config.geometry_architecture),
+                            ("semantic", config.semantic_teacher, config.semantic_architecture)):
+        if normalise(uri).startswith(("models:/", "runs:/")):
+            labels[role] = ""
+            continue
+        labels[role] = standin_label(check_architecture(uri, role, arch))
+        if labels[role]:
+            log.warning("the %s teacher %s is a RANDOM stand-in (%s); its targets are labelled as such",
+                        role, uri, labels[role])
+    return labels
+
+
 def warn_if_pools_do_not_fit(config: TeachersConfig) -> bool:
     """Log a warning (and return True) when the cluster cannot hold all the job's actor pools at once right now.
 
@@ -178,7 +218,7 @@ def warn_if_pools_do_not_fit(config: TeachersConfig) -> bool:
     import ray
 
     have = ray.cluster_resources()
-    need = config.pool_resources()
+    need = config.resolve_pools(have).pool_resources()
     short = {k: v for k, v in need.items() if v > have.get(k, 0.0) + 1e-9}
     if short:
         log.warning(
@@ -212,16 +252,22 @@ def _one_clip_per_block() -> Iterator[None]:
 
 def run_teachers(clips: str, out: str, config: TeachersConfig, ray_address: str | None = None,
                  progress: bool = True) -> mf.Manifest:
-    """Compute teacher targets for every clip of the CLIP manifest ``clips``; resumable and idempotent."""
+    """Compute teacher targets for every clip of the CLIP manifest ``clips``; resumable and idempotent.
+
+    Both teacher folders are checked (:func:`check_teachers`) before anything else; automatic pool sizes are filled
+    from the cluster (:meth:`TeachersConfig.resolve_pools`) once Ray is up.
+    """
     import ray
 
+    standins = check_teachers(config)
     out = out.rstrip("/")
     clip_manifest_uri = clips if clips.endswith(".json") else mf.manifest_uri(clips)
     clip_manifest = mf.read_manifest(clip_manifest_uri)
     if clip_manifest.kind != "clips":
         raise mf.ManifestError(clip_manifest_uri, f"expected a clips manifest, got kind {clip_manifest.kind!r}")
     cfg_dict = {**config.to_dict(), "clips_manifest": clip_manifest_uri,
-                "clips_config_hash": clip_manifest.config_hash}
+                "clips_config_hash": clip_manifest.config_hash,
+                "geometry_teacher_standin": standins["geometry"], "semantic_teacher_standin": standins["semantic"]}
     cfg_hash = config_hash({"teachers": config.hash(), "clips": clip_manifest.config_hash})
     if storage.exists(mf.manifest_uri(out)):
         manifest = mf.read_manifest(out)
@@ -243,13 +289,21 @@ def run_teachers(clips: str, out: str, config: TeachersConfig, ray_address: str 
     if work:
         init_ray(ray_address)
         warn_if_pools_do_not_fit(config)
+        pools = config.resolve_pools(ray.cluster_resources())
+        geo, sem = pools.geometry, pools.semantic
+        log.info("teacher pools: geometry %d x (%g GPU, %g CPU, %s), semantic %d x (%g GPU, %g CPU, %s)",
+                 geo.concurrency, geo.num_gpus, geo.num_cpus, geo.compute_dtype,
+                 sem.concurrency, sem.num_gpus, sem.num_cpus, sem.compute_dtype)
         teacher_info = {"geometry_teacher": config.geometry_teacher, "semantic_teacher": config.semantic_teacher,
-                        "clips_config_hash": clip_manifest.config_hash, "config_hash": cfg_hash}
-        geo, sem = config.geometry, config.semantic
-        geo_kwargs = {"path": config.geometry_teacher, "cache_dir": config.cache_dir, "dtype": geo.dtype,
-                      "num_gpus": geo.num_gpus, "token_codec": config.token_codec}
-        sem_kwargs = {"path": config.semantic_teacher, "cache_dir": config.cache_dir, "dtype": sem.dtype,
-                      "num_gpus": sem.num_gpus}
+                        "geometry_architecture": config.geometry_architecture,
+                        "clips_config_hash": clip_manifest.config_hash, "config_hash": cfg_hash,
+                        **{f"{role}_teacher_standin": label for role, label in standins.items() if label}}
+        geo_kwargs = {"path": config.geometry_teacher, "cache_dir": config.cache_dir, "dtype": geo.compute_dtype,
+                      "num_gpus": geo.num_gpus, "token_codec": config.token_codec,
+                      "architecture": config.geometry_architecture}
+        sem_kwargs = {"path": config.semantic_teacher, "cache_dir": config.cache_dir, "dtype": sem.compute_dtype,
+                      "num_gpus": sem.num_gpus, "view": config.semantic_view,
+                      "architecture": config.semantic_architecture}
         with _one_clip_per_block():
             ds = ray.data.from_items(work, override_num_blocks=len(work))
         ds = (

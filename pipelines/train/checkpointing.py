@@ -15,7 +15,7 @@ after a barrier rank 0 checks every listed file is in storage with the right siz
 
 Restore (:func:`find_latest_complete`) lists the run directory itself instead of trusting
 ``ray.train.get_checkpoint()``: Ray registers a checkpoint as soon as the upload of ``report`` ends (asynchronously
-to the controller, stack notes §3), which can be before the marker exists. A directory whose marker is missing,
+to the controller), which can be before the marker exists. A directory whose marker is missing,
 unparsable or lists a file that is absent or of the wrong size is never loaded.
 """
 

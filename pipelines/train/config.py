@@ -6,28 +6,28 @@ A run is chosen as ``preset (or JSON/YAML file) + overrides``::
 
 Presets (:func:`stage1`, :func:`stage2`, :func:`tiny`) are plain functions so that a run is a Python value that can be
 read, diffed and tested; a file holds the same tree as :meth:`TrainConfig.to_dict` writes (the resolved config saved
-next to every artifact round-trips through :meth:`TrainConfig.from_dict`). Every section validates itself in
-``__post_init__`` and raises :class:`ConfigError` naming the field.
+next to every artifact round-trips through :meth:`TrainConfig.from_dict`). Loading, type coercion and error messages
+follow the project-wide rules of :mod:`pipelines.config`.
+
+Training policy lives here and only here: what is frozen (:class:`FreezeConfig`, glob patterns over parameter names)
+and the loss weights (``loss``, a :class:`model.config.LossWeights`) are set by the stage presets and can be changed
+per run (``--set freeze.frozen='[encoder.*]'``, ``--set loss.box=2``). The model config saved with a checkpoint
+describes the architecture only.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import re
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
+from model.config import LossWeights
+from pipelines import config as pconfig
+from pipelines.config import ConfigError
 
 TASKS = ("qa", "caption", "grounding")
-
-
-class ConfigError(ValueError):
-    """A training configuration field is missing, of the wrong type or out of range."""
+#: Fields of ``model`` that name artifacts (local directories, or URIs resolved by :mod:`pipelines.artifacts`).
+MODEL_ARTIFACT_FIELDS = ("encoder.pretrained_path", "llm.pretrained_path", "llm.tokenizer_path")
 
 
 def _check(cond: bool, name: str, problem: str) -> None:
@@ -92,7 +92,6 @@ class OptimConfig:
     grad_clip: float = 1.0
 
     def __post_init__(self) -> None:
-        self.betas = tuple(float(b) for b in self.betas)  # JSON/YAML gives lists
         _check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
         _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas", "two values in [0, 1)")
@@ -102,7 +101,7 @@ class OptimConfig:
 
 
 @dataclass
-class DeepSpeedSection:
+class DeepSpeedConfig:
     """Engine settings turned into a DeepSpeed config by :mod:`pipelines.train.deepspeed_config`.
 
     Attributes:
@@ -145,22 +144,6 @@ class ScheduleConfig:
 
 
 @dataclass
-class LossConfig:
-    """Loss weights. Stage 1: ``L_geo + L_lang + sc_lambda * L_sc``; Stage 2: ``MultitaskLoss(weights)``.
-
-    Attributes:
-        sc_lambda: weight of the structural-consistency (Gram) term in Stage 1 (not given by the paper).
-        weights: Stage-2 overrides of ``model.losses.LossWeights`` fields (empty: the model's defaults).
-    """
-
-    sc_lambda: float = 1.0
-    weights: dict[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        _check(self.sc_lambda >= 0, "loss.sc_lambda", "must be >= 0")
-
-
-@dataclass
 class TrackingConfig:
     """MLflow settings (see :mod:`pipelines.train.tracking`).
 
@@ -187,8 +170,8 @@ class TrackingConfig:
 
 
 @dataclass
-class RunSection:
-    """Where outputs go and how many Ray workers run.
+class RunConfig:
+    """Where outputs go and how many Ray workers run (its fields do not change what is learnt).
 
     Attributes:
         name: Ray Train run name (checkpoints under ``storage_path/name``; re-running the same name resumes).
@@ -219,14 +202,35 @@ class RunSection:
 
 
 @dataclass
-class FaultInjection:
-    """TEST-ONLY fault-injection hook: rank ``kill_rank`` SIGKILLs its own process when it reaches optimizer step
-    ``kill_at_step`` (once per run: a marker file in the output dir stops the resumed run from dying again).
-    ``kill_at_step < 0`` (the default) disables it. Used by the fault-tolerance acceptance test.
+class FaultConfig:
+    """Fault injection for the fault-tolerance acceptance test: rank ``kill_rank`` SIGKILLs its own process when
+    it reaches optimizer step ``kill_at_step`` (once per run: a marker file in the output dir stops the resumed run
+    from dying again). ``kill_at_step < 0`` (the default) disables it.
+
+    Attributes:
+        kill_rank: the rank that kills itself.
+        kill_at_step: the optimizer step at which it does; negative: never.
     """
 
     kill_rank: int = 1
     kill_at_step: int = -1
+
+
+@dataclass
+class FreezeConfig:
+    """Which parameters train: a parameter trains iff its ``named_parameters`` name matches a ``trainable`` glob
+    and no ``frozen`` glob (:func:`model.freezing.apply_freezing`).
+
+    Attributes:
+        trainable: glob patterns of trainable parameters.
+        frozen: glob patterns excluded from them.
+    """
+
+    trainable: tuple[str, ...] = ("*",)
+    frozen: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check(bool(self.trainable), "freeze.trainable", "at least one pattern (\"*\" for everything)")
 
 
 @dataclass
@@ -235,9 +239,20 @@ class TrainConfig:
 
     Attributes:
         stage: 1 (dual-teacher distillation) or 2 (joint optimisation, encoder frozen).
-        model: ``VidLLMConfig.to_dict()`` tree for a Stage-1 model built from scratch (ignored when ``init_from``).
-        init_from: Stage-2 start: an export dir/URI, ``runs:/<run_id>/model`` or ``mlflow-run:<run_id>``.
+        model: ``VidLLMConfig.to_dict()`` tree for a model built from scratch (ignored when ``init_from``); its
+            ``encoder.pretrained_path``, ``llm.pretrained_path`` and ``llm.tokenizer_path`` may be URIs.
+        init_from: start from a trained model: an export dir/URI, ``models:/name/version``, ``models:/name@alias``,
+            ``runs:/<run_id>/model`` or ``mlflow-run:<run_id>`` (:mod:`pipelines.artifacts`).
         parent_run_id: MLflow run that produced ``init_from`` (tagged on this run; filled in from ``init_from``).
+        data: shards and batching.
+        optim: optimizer and learning-rate schedule.
+        deepspeed: DeepSpeed engine settings.
+        schedule: run length, logging and checkpointing.
+        loss: loss weights and loss hyper-parameters of :class:`model.losses.MultitaskLoss`.
+        freeze: which parameters train.
+        tracking: MLflow.
+        run: outputs and Ray workers.
+        fault: fault injection (tests).
     """
 
     stage: int = 1
@@ -246,94 +261,80 @@ class TrainConfig:
     parent_run_id: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    run: RunSection = field(default_factory=RunSection)
-    fault: FaultInjection = field(default_factory=FaultInjection)
+    run: RunConfig = field(default_factory=RunConfig)
+    fault: FaultConfig = field(default_factory=FaultConfig)
 
     def __post_init__(self) -> None:
         _check(self.stage in (1, 2), "stage", f"must be 1 or 2, got {self.stage}")
-        if self.stage == 2:
-            _check(bool(self.init_from), "init_from", "Stage 2 starts from a Stage-1 model: set init_from")
+
+    def run_problems(self) -> list[str]:
+        """One message per field a run needs that is missing or unusable (presets leave the paths empty)."""
+        needed = [
+            ("data.manifest_uri", "the teachers job's output, e.g. s3://bucket/shards/train"),
+            ("run.output_dir", "where the export, step logs and resolved config go, e.g. s3://bucket/runs/stage1"),
+            ("run.storage_path", "Ray Train checkpoint storage, e.g. s3://bucket/ray-results"),
+        ]
+        problems = [f"train config field {name!r}: not set: --set {name}=<{hint}>"
+                    for name, hint in needed if not _get(self, name)]
+        if self.stage == 2 and not self.init_from:
+            problems.append("train config field 'init_from': not set: Stage 2 starts from a Stage-1 model, --set "
+                            "init_from=<export dir, models:/name/version or mlflow-run:RUN_ID>")
+        if self.stage == 1 and not self.init_from and not self.model:
+            problems.append("train config field 'model': empty: a model trained from scratch needs a model config "
+                            "(the stage1 and tiny presets have one)")
+        weights = ("geo", "lang", "sc", "camera", "depth", "metric_depth", "lm", "box")
+        if not any(getattr(self.loss, w, 0.0) > 0 for w in weights):
+            problems.append(f"train config field 'loss': every loss weight ({', '.join(weights)}) is 0, nothing "
+                            "would be trained: start from a preset or --set loss.<name>=1")
+        return problems
 
     def validate_for_run(self) -> None:
-        """Checks that only matter when launching (presets may leave paths empty)."""
-        _check(bool(self.data.manifest_uri), "data.manifest_uri", "must be set")
-        _check(bool(self.run.output_dir), "run.output_dir", "must be set")
-        _check(bool(self.run.storage_path), "run.storage_path", "must be set")
-        if self.stage == 1 and not self.init_from:
-            _check(bool(self.model), "model", "Stage 1 from scratch needs a model config")
-        _check(not self.init_from.startswith("<"), "init_from", f"placeholder {self.init_from!r} was not replaced")
+        """Raise :class:`ConfigError` with the first of :meth:`run_problems`."""
+        problems = self.run_problems()
+        if problems:
+            raise ConfigError(problems[0])
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return pconfig.to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        return _build(cls, data, "")
+        return pconfig.from_dict(cls, data, "train")
 
 
-def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"train config field {prefix.rstrip('.') or '<root>'!r}: expected a mapping")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(fields)
-    if unknown:
-        raise ConfigError(f"train config: unknown field(s) {sorted(prefix + u for u in unknown)}")
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        sub = _SECTIONS.get((cls, name))
-        kwargs[name] = _build(sub, value, f"{prefix}{name}.") if sub else _coerce(hints[name], value, prefix + name)
-    try:
-        return cls(**kwargs)
-    except TypeError as err:
-        raise ConfigError(f"train config section {prefix.rstrip('.') or '<root>'!r}: {err}") from err
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
-def _coerce(tp: Any, value: Any, name: str) -> Any:
-    """Scalars to the declared type (YAML reads ``1e-3`` as a string); anything else unchanged."""
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise ConfigError(f"train config field {name!r}: expected true/false, got {value!r}")
-    if tp in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"train config field {name!r}: expected a number, got {value!r}")
-        try:
-            number = float(value)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"train config field {name!r}: expected a number, got {value!r}") from err
-        if tp is int:
-            if not number.is_integer():
-                raise ConfigError(f"train config field {name!r}: expected an integer, got {value!r}")
-            return int(number)
-        return number
-    if tp is str:
-        if not isinstance(value, str | int | float):
-            raise ConfigError(f"train config field {name!r}: expected a string, got {value!r}")
-        return str(value)
-    return value
+def stage_policy(stage: int) -> tuple[LossWeights, FreezeConfig]:
+    """The loss weights and freezing of a training stage (the presets' policy).
 
-
-_SECTIONS: dict[tuple[type, str], type] = {
-    (TrainConfig, "data"): DataConfig,
-    (TrainConfig, "optim"): OptimConfig,
-    (TrainConfig, "deepspeed"): DeepSpeedSection,
-    (TrainConfig, "schedule"): ScheduleConfig,
-    (TrainConfig, "loss"): LossConfig,
-    (TrainConfig, "tracking"): TrackingConfig,
-    (TrainConfig, "run"): RunSection,
-    (TrainConfig, "fault"): FaultInjection,
-}
+    Stage 1, dual-teacher distillation ``L_geo + L_lang + sc * L_sc`` (``sc`` = λ, not given by the paper), trains
+    the encoder, the Cross-Task Adapter and the distillation projections. Stage 2, joint optimisation
+    ``L_recon (camera 5, depth 1, point map 1: VGGT's weights) + L_VL (LM 1, box 1) + L_MD (1)``, freezes the
+    encoder and the (unused) distillation projections and trains the rest.
+    """
+    if stage == 1:
+        return LossWeights(geo=1.0, lang=1.0, sc=1.0), FreezeConfig(trainable=("encoder.*", "adapter.*", "distill.*"))
+    return (LossWeights(camera=5.0, depth=1.0, point=1.0, metric_depth=1.0, lm=1.0, box=1.0),
+            FreezeConfig(trainable=("*",), frozen=("encoder.*", "distill.*")))
 
 
 def stage1() -> TrainConfig:
-    """Stage 1 (dual-teacher distillation) on the ``small`` model; paths come from the CLI."""
+    """Stage 1 on the ``small`` model (DINOv2-S/14 + a SmolLM2-135M-shaped LLM), 8 GPU workers.
+
+    Inputs a run must name (``--dry-run`` lists the missing ones): ``data.manifest_uri``, ``run.output_dir``,
+    ``run.storage_path`` and the LLM's own tokenizer, ``model.llm.tokenizer_path`` (its ``<scene>``/``<loc>`` ids
+    follow the 49152-token vocabulary); ``model.encoder.pretrained_path``/``model.llm.pretrained_path`` load real
+    weights (random initialisation otherwise).
+    """
     from model import VidLLMConfig
 
     return TrainConfig(
@@ -341,100 +342,67 @@ def stage1() -> TrainConfig:
         model=VidLLMConfig.small().to_dict(),
         optim=OptimConfig(lr=1e-4, warmup_steps=200),
         schedule=ScheduleConfig(num_epochs=10, checkpoint_every=500, log_every=10),
-        run=RunSection(name="vidllm-stage1", num_workers=8, use_gpu=True, cpus_per_worker=8),
+        loss=stage_policy(1)[0],
+        freeze=stage_policy(1)[1],
+        run=RunConfig(name="vidllm-stage1", num_workers=8, use_gpu=True, cpus_per_worker=8),
     )
 
 
 def stage2() -> TrainConfig:
-    """Stage 2 (joint optimisation, encoder frozen) starting from Stage 1; ``init_from`` comes from the CLI."""
+    """Stage 2 (joint optimisation, encoder frozen) from a Stage-1 model named by ``init_from``, ZeRO-3."""
     return TrainConfig(
         stage=2,
-        init_from="<set init_from>",
         optim=OptimConfig(lr=2e-5, warmup_steps=200),
-        deepspeed=DeepSpeedSection(zero_stage=3),
+        deepspeed=DeepSpeedConfig(zero_stage=3),
         schedule=ScheduleConfig(num_epochs=3, checkpoint_every=500, log_every=10),
-        run=RunSection(name="vidllm-stage2", num_workers=8, use_gpu=True, cpus_per_worker=8),
+        loss=stage_policy(2)[0],
+        freeze=stage_policy(2)[1],
+        run=RunConfig(name="vidllm-stage2", num_workers=8, use_gpu=True, cpus_per_worker=8),
     )
 
 
 def tiny(stage: int = 1) -> TrainConfig:
-    """A CPU smoke run: tiny random model, 2 workers, few steps (tests and laptops)."""
+    """A CPU smoke run: tiny random model, 2 workers, few steps (tests and laptops); Stage 2 needs ``init_from``."""
     from model import VidLLMConfig
 
     return TrainConfig(
         stage=stage,
         model=VidLLMConfig.tiny().to_dict() if stage == 1 else {},
-        init_from="" if stage == 1 else "<set init_from>",
-        data=DataConfig(micro_batch_size=2, max_text_tokens=48),
+        data=DataConfig(micro_batch_size=2, max_text_tokens=256),
         optim=OptimConfig(lr=3e-3, warmup_steps=2, min_lr_ratio=0.3),
-        deepspeed=DeepSpeedSection(zero_stage=2, precision="fp32"),
+        deepspeed=DeepSpeedConfig(zero_stage=2, precision="fp32"),
         schedule=ScheduleConfig(num_epochs=1, checkpoint_every=2, log_every=1),
-        run=RunSection(name=f"vidllm-tiny-stage{stage}", num_workers=2, cpus_per_worker=1),
+        loss=stage_policy(stage)[0],
+        freeze=stage_policy(stage)[1],
+        run=RunConfig(name=f"vidllm-tiny-stage{stage}", num_workers=2, cpus_per_worker=1),
     )
 
 
 PRESETS = {"stage1": stage1, "stage2": stage2, "tiny": tiny}
 
 
-class _YamlLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads ``1e-4`` as a float (YAML 1.2 rule; PyYAML's 1.1 rule needs a dot)."""
+def spec(stage: int | None = None) -> pconfig.ConfigSpec:
+    """The train stage's :class:`~pipelines.config.ConfigSpec`; ``stage`` picks the ``tiny`` variant."""
+    presets = {**PRESETS, "tiny": lambda: tiny(stage or 1)}
+    return pconfig.ConfigSpec(TrainConfig, "train", presets)
 
 
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789."))
-
-
-def load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"a.b=value"`` -> (``["a", "b"]``, value parsed as YAML, so ``3``, ``1e-4``, ``true``, ``[1, 2]`` work)."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected dotted.key=value")
-    key, raw = text.split("=", 1)
-    parts = [p for p in key.strip().split(".") if p]
-    if not parts:
-        raise ConfigError(f"override {text!r}: empty key")
-    return parts, load_yaml(raw) if raw.strip() else ""
-
-
-def apply_overrides(tree: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply dotted overrides to a config dict in place (``model.*`` keys may go deeper than the dataclasses)."""
-    for text in overrides:
-        parts, value = parse_override(text)
-        node = tree
-        for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
-                node[p] = {}
-            node = node[p]
-        node[parts[-1]] = value
-    return tree
-
-
-def resolve_config(source: str, overrides: Sequence[str] = (), stage: int | None = None) -> TrainConfig:
-    """Build a :class:`TrainConfig` from a preset name or a JSON/YAML file, then dotted overrides.
+def resolve_config(source: str | Sequence[str] | None, overrides: Sequence[str | tuple[str, Any, bool]] = (),
+                   stage: int | None = None) -> TrainConfig:
+    """Build a :class:`TrainConfig` from a preset name or a JSON/YAML file (or several, merged), then overrides.
 
     Args:
-        source: preset name (``stage1``, ``stage2``, ``tiny``) or path to a ``.json``/``.yaml``/``.yml`` file.
-        overrides: ``dotted.key=value`` strings applied in order.
+        source: preset name (``stage1``, ``stage2``, ``tiny``) or path/URI of a ``.json``/``.yaml``/``.yml`` file;
+            empty: the preset of ``stage``.
+        overrides: ``dotted.key=value`` strings (or parsed ``(key, value, append)`` triples) applied in order.
         stage: when given, forces ``stage`` (the CLI's ``--stage``); ``tiny`` uses it to choose its variant.
     """
-    if source in PRESETS:
-        preset = tiny(stage or 1) if source == "tiny" else PRESETS[source]()
-        tree = preset.to_dict()
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config {source!r}: neither a preset ({sorted(PRESETS)}) nor an existing file")
-        text = path.read_text()
-        try:
-            tree = json.loads(text) if path.suffix == ".json" else load_yaml(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as err:
-            raise ConfigError(f"config file {source}: cannot parse: {err}") from err
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file {source}: top level must be a mapping")
-    if stage is not None:
-        tree["stage"] = stage
-    apply_overrides(tree, overrides)
-    return TrainConfig.from_dict(tree)
+    sources = [source] if isinstance(source, str) else list(source or [])
+    if not sources:
+        sources = [f"stage{stage or 1}"]
+    for name in sources:
+        if stage is not None and name in ("stage1", "stage2") and name != f"stage{stage}":
+            raise ConfigError(f"--stage {stage} with --config {name}: that preset holds Stage {name[-1]}'s "
+                              f"training policy (loss weights, freezing); use --config stage{stage}")
+    forced = [("stage", stage, False)] if stage is not None else []
+    return spec(stage).load(sources, [*forced, *overrides])

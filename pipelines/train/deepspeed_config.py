@@ -2,7 +2,7 @@
 
 The optimizer is a torch ``AdamW`` passed to ``deepspeed.initialize`` as a client optimizer (not DeepSpeed's
 ``"optimizer"`` section): DeepSpeed's FusedAdam/CPUAdam are C++ ops that JIT-compile for 2-2.5 min on a fresh machine
-(stack notes §2), and a client optimizer lets us hand it only the trainable parameters. Wrapping a client optimizer in
+(measured on 2 CPU cores), and a client optimizer lets us hand it only the trainable parameters. Wrapping a client optimizer in
 ZeRO needs ``zero_allow_untested_optimizer``.
 """
 
@@ -39,9 +39,6 @@ def build_deepspeed_config(cfg: TrainConfig, world_size: int, on_gpu: bool) -> d
     zero: dict[str, Any] = {"stage": stage}
     if stage >= 2:
         zero.update({"overlap_comm": False, "contiguous_gradients": True, "reduce_scatter": True})
-    if stage == 3:
-        # Gather the 16-bit weights on save so that save_16bit_model works without zero_to_fp32.
-        zero["stage3_gather_16bit_weights_on_model_save"] = True
     bf16 = use_bf16(cfg, on_gpu)
     return {
         "train_micro_batch_size_per_gpu": micro,

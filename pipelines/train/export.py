@@ -96,3 +96,41 @@ def export_from_checkpoint(checkpoint_dir: str, tag: str, model_config: dict[str
     if not all(k.startswith(prefix) for k in state):
         raise ValueError(f"{checkpoint_dir}: not a Vid-LLM training checkpoint (keys without {prefix!r})")
     write_export({k[len(prefix):]: v.float() for k, v in state.items()}, model_config, tokenizer, cfg, dest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.train.export``: export a checkpoint of a run (e.g. one that died) in HF layout."""
+    import argparse
+    import sys
+
+    from pipelines.config import run_cli
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.train.export",
+        description="Merge the ZeRO shards of a training checkpoint (<storage_path>/<run.name>/checkpoint_stepN, "
+        "local or s3://) into an HF-layout model directory, as the end of a run would have exported it.")
+    parser.add_argument("--checkpoint", required=True, help="the checkpoint directory (with ds/ and COMPLETE.json)")
+    parser.add_argument("--run-config", required=True, help="the run's resolved train_config.json")
+    parser.add_argument("--dest", required=True, help="export directory or URI")
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        from pipelines.train.checkpointing import DS_SUBDIR, DS_TAG
+        from pipelines.train.config import TrainConfig
+        from pipelines.train.trainer import build_model
+
+        cfg = TrainConfig.from_dict(json.loads(storage.read_bytes(args.run_config)))
+        model, tokenizer = build_model(cfg, cfg.tracking.tracking_uri or None)
+        with tempfile.TemporaryDirectory(prefix="vidllm-offline-export-") as tmp:
+            fs, path = storage.filesystem(args.checkpoint)
+            fs.get(path.rstrip("/") + f"/{DS_SUBDIR}/", os.path.join(tmp, DS_SUBDIR) + os.sep, recursive=True)
+            export_from_checkpoint(os.path.join(tmp, DS_SUBDIR), DS_TAG, model.vidllm_config.to_dict(), tokenizer,
+                                   cfg, args.dest)
+        print(args.dest, file=sys.stderr)
+        return 0
+
+    return run_cli(run, parser.prog)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,6 +4,10 @@ The run directory of Ray Train is ``<run.storage_path>/<run.name>``: re-running 
 latest complete checkpoint (and ``FailureConfig(max_failures)`` restarts a failed worker group from it within one
 ``fit()``). The exported model, the resolved config (``train_config.json``), the step logs and (by default) the MLflow
 sqlite store live in ``run.output_dir``.
+
+After ``fit()`` the driver logs the export to the MLflow run as a pyfunc model (:mod:`pipelines.serve.pyfunc`: the
+HF folder plus an ``MLmodel`` file, so ``mlflow.pyfunc.load_model("models:/<name>/<version>")`` answers questions),
+registers it as a new version and ends the run FINISHED; a failed ``fit()`` ends it FAILED.
 """
 
 from __future__ import annotations
@@ -12,13 +16,12 @@ import hashlib
 import json
 import logging
 import os
-import posixpath
-import re
 import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 from pipelines import storage
+from pipelines.artifacts import local_dir, run_id_of
 from pipelines.tracking import (
     bound_http_retries,
     flatten_params,
@@ -27,11 +30,10 @@ from pipelines.tracking import (
 )
 from pipelines.train.config import TrainConfig
 from pipelines.train.export import TRAIN_CONFIG_NAME, model_uri
-from pipelines.train.tracking import RUN_FILE, Tracker
+from pipelines.train.tracking import Tracker
+from pipelines.train.trainer import TrackingContext
 
 logger = logging.getLogger(__name__)
-
-_RUN_URI = re.compile(r"^runs:/([0-9a-f]+)/")
 
 
 @dataclass
@@ -55,22 +57,6 @@ class TrainResult:
     checkpoint_path: str | None
 
 
-def infer_parent_run_id(init_from: str) -> str:
-    """The MLflow run that produced ``init_from``: from a ``runs:/``/``mlflow-run:`` URI, or from the
-    ``mlflow_run.json`` next to a Stage-1 export directory (``<output_dir>/model``); empty when unknown."""
-    if init_from.startswith("mlflow-run:"):
-        return init_from.split(":", 1)[1]
-    match = _RUN_URI.match(init_from)
-    if match:
-        return match.group(1)
-    if "://" in init_from and not init_from.startswith(("file://", "s3://")):
-        return ""
-    run_file = storage.join(posixpath.dirname(init_from.rstrip("/")), RUN_FILE)
-    if storage.exists(run_file):
-        return json.loads(storage.read_bytes(run_file)).get("run_id", "")
-    return ""
-
-
 def manifest_tags(manifest_uri: str) -> dict[str, str]:
     """``manifest_uri`` and the sha256 of the manifest's bytes (identifies the exact shard set trained on)."""
     uri = manifest_uri if manifest_uri.endswith(".json") else storage.join(manifest_uri, "manifest.json")
@@ -92,18 +78,10 @@ def register_model(client, name: str, run_id: str, artifact_path: str = "model")
     return str(version.version)
 
 
-def _local_copy(uri: str, workdir: str) -> str:
-    if "://" not in uri or uri.startswith("file://"):
-        return uri.removeprefix("file://")
-    fs, path = storage.filesystem(uri)
-    dst = os.path.join(workdir, "model")
-    fs.get(path.rstrip("/") + "/", dst, recursive=True)
-    return dst
-
-
 def build_trainer(cfg: TrainConfig, train_loop_config: dict[str, Any]):
     """The Ray Train V2 ``TorchTrainer`` for ``cfg``."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
 
     from pipelines.train.loop import train_loop_per_worker
@@ -116,7 +94,7 @@ def build_trainer(cfg: TrainConfig, train_loop_config: dict[str, Any]):
         train_loop_config=train_loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
                                      resources_per_worker={"CPU": cfg.run.cpus_per_worker}),
-        run_config=RunConfig(
+        run_config=RayRunConfig(
             name=cfg.run.name,
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
@@ -130,7 +108,8 @@ def run_training(cfg: TrainConfig) -> TrainResult:
 
     Raises:
         ConfigError: a field needed to run is missing.
-        ray.train.TrainingFailedError: the workers failed more than ``run.max_failures`` times.
+        ray.train.TrainingFailedError: the workers failed more than ``run.max_failures`` times (the MLflow run is
+            ended FAILED).
     """
     from pipelines.train.loop import worker_config
 
@@ -142,7 +121,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     tracking_uri = resolve_tracking_uri(cfg.tracking.tracking_uri, output_dir, "tracking.tracking_uri")
     artifact_location = local_artifact_location(tracking_uri, output_dir)
     if cfg.init_from and not cfg.parent_run_id:
-        cfg.parent_run_id = infer_parent_run_id(cfg.init_from)
+        cfg.parent_run_id = run_id_of(cfg.init_from)
     tags = {"stage": str(cfg.stage), **manifest_tags(cfg.data.manifest_uri), "ray_run_name": cfg.run.name,
             "zero_stage": str(cfg.deepspeed.zero_stage), "mlflow.runName": cfg.run.name}
     if cfg.parent_run_id:
@@ -151,28 +130,47 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     storage.write_bytes(storage.join(output_dir, TRAIN_CONFIG_NAME),
                         json.dumps(cfg.to_dict(), indent=1, sort_keys=True).encode())
 
-    result = build_trainer(cfg, worker_config(cfg, tracking_uri, tags, artifact_location)).fit()
+    def tracker() -> Tracker:
+        return Tracker(tracking_uri, cfg.tracking.experiment, output_dir, params=flatten_params(cfg.to_dict()),
+                       tags=tags, artifact_location=artifact_location, retry_initial_s=cfg.tracking.retry_initial_s,
+                       retry_max_s=cfg.tracking.retry_max_s)
 
+    tracking = TrackingContext(tracking_uri, tags, artifact_location)
+    try:
+        result = build_trainer(cfg, worker_config(cfg, tracking)).fit()
+    except BaseException:
+        tracker().end("FAILED")
+        raise
     exported = model_uri(output_dir)
-    tracker = Tracker(tracking_uri, cfg.tracking.experiment, output_dir, params=flatten_params(cfg.to_dict()), tags=tags,
-                      artifact_location=artifact_location, retry_initial_s=cfg.tracking.retry_initial_s,
-                      retry_max_s=cfg.tracking.retry_max_s)
-    version = None
-    with tempfile.TemporaryDirectory(prefix="vidllm-artifact-") as tmp:
-        local = _local_copy(exported, tmp)
-        logged, _ = tracker.call("model artifact upload",
-                                 lambda rid: tracker.client.log_artifacts(rid, local, artifact_path="model"))
-    if logged:
-        ok, version = tracker.call("model registration",
-                                   lambda rid: register_model(tracker.client, cfg.tracking.registered_model, rid))
-    if version is None:
-        logger.warning("the model at %s was NOT registered in MLflow (%s); register it later from the export",
-                       exported, tracking_uri)
+    final = tracker()
+    version = log_and_register(final, exported, cfg.tracking.registered_model)
+    final.end("FINISHED")
     return TrainResult(
-        run_id=tracker.run_id,
+        run_id=final.run_id,
         tracking_uri=tracking_uri,
         model_uri=exported,
         model_version=version,
         metrics=dict(result.metrics) if result.metrics else None,
         checkpoint_path=result.checkpoint.path if result.checkpoint else None,
     )
+
+
+def log_and_register(tracker: Tracker, exported: str, registered_model: str) -> str | None:
+    """Log the export as the run's ``model`` artifact (an MLflow pyfunc model) and register it; the version, or
+    ``None`` with a warning when MLflow is unreachable (training results are never lost: the export stays)."""
+    from pipelines.serve.pyfunc import save_pyfunc_model
+
+    version = None
+    with tempfile.TemporaryDirectory(prefix="vidllm-artifact-") as tmp:
+        local = local_dir(exported, os.path.join(tmp, "cache"), flag="run.output_dir")
+        packaged = os.path.join(tmp, "model")
+        save_pyfunc_model(local, packaged)
+        logged, _ = tracker.call("model artifact upload",
+                                 lambda rid: tracker.client.log_artifacts(rid, packaged, artifact_path="model"))
+    if logged:
+        _, version = tracker.call("model registration",
+                                  lambda rid: register_model(tracker.client, registered_model, rid))
+    if version is None:
+        logger.warning("the model at %s was NOT registered in MLflow (%s); register it later from the export",
+                       exported, tracker.tracking_uri)
+    return version

@@ -27,11 +27,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pipelines import storage
-from pipelines.tracking import MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH, bound_http_retries
+from pipelines.tracking import MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH, RUN_FILE, bound_http_retries
 
 logger = logging.getLogger(__name__)
-
-RUN_FILE = "mlflow_run.json"
 
 
 class Tracker:
@@ -172,6 +170,14 @@ class Tracker:
             if i + 1 < attempts:
                 time.sleep(min(self._backoff, self.retry_max_s))
         return False, None
+
+    def end(self, status: str) -> bool:
+        """End the run with ``status`` (``FINISHED`` or ``FAILED``) so it does not stay RUNNING; False when the
+        server is unreachable or there is no run (nothing was ever logged)."""
+        if self.run_id is None:
+            return False
+        ok, _ = self.call(f"run end ({status})", lambda rid: self.client.set_terminated(rid, status))
+        return ok
 
     def close(self, attempts: int = 3) -> bool:
         """Final flush with retries; drops what cannot be sent with a clear warning. True when nothing was lost."""

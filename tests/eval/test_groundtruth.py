@@ -133,7 +133,7 @@ def test_reader_records_feed_the_harness(files):
         boxes=boxes_from_metadata([meta]),
     )
     assert gt.sqa3d[0] == QAItem(
-        "220602000001", "scene0011_00", ("2",), "How many chairs are in front of me?"
+        "220602000001", "scene0011_00", ("2",), "How many chairs are in front of me?", family="counting"
     )
     assert gt.scan2cap == scan2cap_references(
         read_scanrefer(scanrefer)
@@ -151,8 +151,8 @@ def test_reader_records_feed_the_harness(files):
     )
     assert res["scanqa"]["em"] == 100.0
     assert res["sqa3d"]["em"] == 100.0  # "two" == clean_answer("2")
-    assert res["scanrefer"]["multiple"]["acc@0.5"] == 50.0  # ann 1 has no prediction
-    assert res["multi3drefer"]["overall"]["f1@0.5"] == 100.0
+    assert res["scanrefer"]["free_form"]["multiple"]["acc@0.5"] == 50.0  # ann 1 has no prediction
+    assert res["multi3drefer"]["free_form"]["overall"]["f1@0.5"] == 100.0
 
 
 def test_test_split_without_answers_is_rejected(tmp_path):

@@ -32,19 +32,19 @@ def test_oracle_scores_perfectly(gt, ptb_scorer):
     assert res["scanqa"]["rouge_l"] == pytest.approx(100.0)
     assert res["sqa3d"]["em"] == 100.0 and res["sqa3d"]["by_type"]["how"]["count"] == 1
     for split in ("overall", "unique", "multiple"):
-        assert res["scanrefer"][split]["acc@0.25"] == 100.0 and res["scanrefer"][split]["acc@0.5"] == 100.0
-    assert res["scanrefer"]["mean_iou"] == pytest.approx(1.0)
+        assert res["scanrefer"]["free_form"][split]["acc@0.25"] == 100.0 and res["scanrefer"]["free_form"][split]["acc@0.5"] == 100.0
+    assert res["scanrefer"]["free_form"]["mean_iou"] == pytest.approx(1.0)
     for etype in ("overall", "zt_w_d", "zt_wo_d", "st_w_d", "st_wo_d", "mt"):
         assert (
-            res["multi3drefer"][etype]["f1@0.25"] == 100.0 and res["multi3drefer"][etype]["f1@0.5"] == 100.0
+            res["multi3drefer"]["free_form"][etype]["f1@0.25"] == 100.0 and res["multi3drefer"]["free_form"][etype]["f1@0.5"] == 100.0
         )
     for k in ("@0.25", "@0.5"):
-        cap = res["scan2cap"][k]
+        cap = res["scan2cap"]["gt_boxes"][k]
         assert cap["matched"] == 4
         assert cap["bleu4"] == pytest.approx(100.0, abs=1e-4)
         assert cap["rouge_l"] == pytest.approx(100.0)
         assert cap["cider"] > 100.0  # CIDEr-D x 100 of exact captions; its ceiling depends on the corpus idf
-    assert res["scan2cap"]["num_objects"] == 4
+    assert res["scan2cap"]["gt_boxes"]["num_objects"] == 4
     rec = res["reconstruction"]
     assert rec["depth"]["abs_rel"] == 0.0 and rec["depth"]["delta1"] == 100.0
     assert rec["pose"] == {"rra@30": 100.0, "rta@30": 100.0, "auc@30": 100.0}
@@ -56,13 +56,13 @@ def test_empty_predictions_score_zero_or_chance(gt, ptb_scorer):
     for task in ("scanqa", "sqa3d"):
         assert res[task]["em"] == 0.0 and res[task]["em_refined"] == 0.0 and res[task]["answered"] == 0
     assert res["scanqa"]["cider"] == 0.0 and res["scanqa"]["bleu1"] < 1e-6 and res["scanqa"]["rouge_l"] == 0.0
-    assert res["scanrefer"]["overall"]["acc@0.25"] == 0.0
+    assert res["scanrefer"]["free_form"]["overall"]["acc@0.25"] == 0.0
     # the two zero-target queries of five are right by predicting nothing: chance level 40
-    assert res["multi3drefer"]["overall"]["f1@0.25"] == pytest.approx(40.0)
-    assert res["multi3drefer"]["zt_w_d"]["f1@0.5"] == 100.0 and res["multi3drefer"]["mt"]["f1@0.5"] == 0.0
+    assert res["multi3drefer"]["free_form"]["overall"]["f1@0.25"] == pytest.approx(40.0)
+    assert res["multi3drefer"]["free_form"]["zt_w_d"]["f1@0.5"] == 100.0 and res["multi3drefer"]["free_form"]["mt"]["f1@0.5"] == 0.0
     for k in ("@0.25", "@0.5"):
-        assert res["scan2cap"][k]["matched"] == 0
-        assert res["scan2cap"][k]["cider"] == 0.0 and res["scan2cap"][k]["bleu4"] < 1e-3
+        assert res["scan2cap"]["gt_boxes"][k]["matched"] == 0
+        assert res["scan2cap"]["gt_boxes"][k]["cider"] == 0.0 and res["scan2cap"]["gt_boxes"][k]["bleu4"] < 1e-3
     assert res["reconstruction"]["num_depth_scored"] == 0 and res["reconstruction"]["depth"] == {}
 
 
@@ -79,9 +79,9 @@ def test_constant_predictions_score_chance(gt, ptb_scorer):
     res = evaluate(preds, gt, config=FAST, scorer=ptb_scorer)
     assert res["scanqa"]["em"] == pytest.approx(100.0 / 3.0)  # "chair" is one of question 1's answers
     assert res["sqa3d"]["em"] == pytest.approx(100.0 / 3.0)  # "2" -> "two" after normalisation
-    assert res["scanrefer"]["overall"]["acc@0.25"] == 0.0
-    assert res["multi3drefer"]["overall"]["f1@0.25"] == 0.0  # boxes on zero-target queries are wrong too
-    assert res["scan2cap"]["@0.25"]["matched"] == 0 and res["scan2cap"]["@0.25"]["cider"] == 0.0
+    assert res["scanrefer"]["free_form"]["overall"]["acc@0.25"] == 0.0
+    assert res["multi3drefer"]["free_form"]["overall"]["f1@0.25"] == 0.0  # boxes on zero-target queries are wrong too
+    assert res["scan2cap"]["gt_boxes"]["@0.25"]["matched"] == 0 and res["scan2cap"]["gt_boxes"]["@0.25"]["cider"] == 0.0
     oracle_res = evaluate(oracle(gt), gt, config=FAST, scorer=ptb_scorer)
     assert res["scanqa"]["cider"] < oracle_res["scanqa"]["cider"]
 
@@ -93,9 +93,9 @@ def test_partial_credit_and_thresholds(gt, ptb_scorer):
              BoxPrediction("scanrefer", S0, "1", box[None], None, 1)]  # fmt: skip
     res = evaluate(preds, gt, tasks=["scanrefer"], config=FAST)
     assert set(res) == {"config", "scanrefer"}
-    assert res["scanrefer"]["unique"]["acc@0.25"] == pytest.approx(200.0 / 3.0)
-    assert res["scanrefer"]["unique"]["acc@0.5"] == pytest.approx(100.0 / 3.0)
-    assert res["scanrefer"]["overall"]["acc@0.25"] == pytest.approx(40.0)
+    assert res["scanrefer"]["free_form"]["unique"]["acc@0.25"] == pytest.approx(200.0 / 3.0)
+    assert res["scanrefer"]["free_form"]["unique"]["acc@0.5"] == pytest.approx(100.0 / 3.0)
+    assert res["scanrefer"]["free_form"]["overall"]["acc@0.25"] == pytest.approx(40.0)
 
 
 def test_harness_rejects_mismatched_predictions(gt, ptb_scorer):
@@ -126,9 +126,9 @@ def test_prediction_file_round_trip_through_harness(gt, ptb_scorer, tmp_path):
     res = evaluate(load_predictions(uri), gt, tasks=["scanqa", "scanrefer", "multi3drefer", "scan2cap"],
                    config=FAST, scorer=ptb_scorer)  # fmt: skip
     assert res["scanqa"]["em"] == 100.0
-    assert res["scanrefer"]["overall"]["acc@0.5"] == 100.0
-    assert res["multi3drefer"]["overall"]["f1@0.5"] == 100.0
-    assert res["scan2cap"]["@0.5"]["matched"] == 4
+    assert res["scanrefer"]["free_form"]["overall"]["acc@0.5"] == 100.0
+    assert res["multi3drefer"]["free_form"]["overall"]["f1@0.5"] == 100.0
+    assert res["scan2cap"]["gt_boxes"]["@0.5"]["matched"] == 4
 
 
 @pytest.mark.slow
@@ -136,9 +136,9 @@ def test_oracle_meteor_with_default_config(gt, meteor_scorer):
     res = evaluate(oracle(gt), gt, tasks=["scanqa", "scan2cap"], scorer=meteor_scorer)
     assert res["config"]["meteor"] is True and res["config"]["caption_tokenizer"] == "ptb"
     assert res["scanqa"]["meteor"] == pytest.approx(100.0, abs=1e-6)
-    assert res["scan2cap"]["@0.5"]["meteor"] == pytest.approx(100.0, abs=1e-6)
+    assert res["scan2cap"]["gt_boxes"]["@0.5"]["meteor"] == pytest.approx(100.0, abs=1e-6)
     empty = evaluate([], gt, tasks=["scan2cap"], scorer=meteor_scorer)
-    assert empty["scan2cap"]["@0.5"]["meteor"] < 30.0
+    assert empty["scan2cap"]["gt_boxes"]["@0.5"]["meteor"] < 30.0
 
 
 def test_harness_rejects_repeated_ground_truth_keys(gt):

@@ -20,11 +20,13 @@ REQUIRED_KEYS = {
     "scanqa": ["em", "em_refined", "bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "count",
                "answered"],
     "sqa3d": ["em", "em_refined", "count", "answered"],
-    "scanrefer": ["overall/acc@0.25", "overall/acc@0.5", "unique/acc@0.25", "unique/acc@0.5", "multiple/acc@0.25",
-                  "multiple/acc@0.5", "mean_iou", "answered"],
-    "multi3drefer": [f"{t}/f1@{k}" for t in ("overall", *TYPES_M3D) for k in ("0.25", "0.5")] + ["answered"],
-    "scan2cap": [f"@{k}/{m}" for k in ("0.25", "0.5") for m in ("cider", "bleu4", "meteor", "rouge_l")]
-    + ["num_objects"],
+    "scanrefer": [f"{p}/{k}" for p in ("free_form", "proposals")
+                  for k in ("overall/acc@0.25", "overall/acc@0.5", "unique/acc@0.25", "unique/acc@0.5",
+                            "multiple/acc@0.25", "multiple/acc@0.5", "mean_iou", "answered")],
+    "multi3drefer": [f"{p}/{t}/f1@{k}" for p in ("free_form", "proposals") for t in ("overall", *TYPES_M3D)
+                     for k in ("0.25", "0.5")] + ["free_form/answered", "proposals/answered"],
+    "scan2cap": [f"{p}/@{k}/{m}" for p in ("gt_boxes", "proposals") for k in ("0.25", "0.5")
+                 for m in ("cider", "bleu4", "meteor", "rouge_l")] + ["gt_boxes/num_objects", "proposals/num_objects"],
     "reconstruction": ["depth/abs_rel", "depth/delta1", "depth/abs_rel_median_scaled", "pose/rra@30", "pose/rta@30",
                        "pose/auc@30", "num_depth_scored", "num_pose_scored"],
 }
@@ -74,9 +76,10 @@ def trained_model(tmp_path_factory, clip_shards) -> dict:
     on QA and grounding examples of the evaluation clips, saved in HF layout with its tokenizer."""
     import torch
 
-    from model import LossWeights, VidLLM, VidLLMBatch, VidLLMConfig, build_tokenizer
+    from model import VidLLM, VidLLMBatch, VidLLMConfig, build_tokenizer
     from model.losses import MultitaskLoss
     from model.tokenizer import encode_example, grounding_answer, grounding_prompt, qa_prompt
+    from pipelines.train.config import stage_policy
 
     torch.manual_seed(0)
     model = VidLLM(VidLLMConfig.tiny())
@@ -105,7 +108,7 @@ def trained_model(tmp_path_factory, clip_shards) -> dict:
         boxes=torch.tensor([[t or [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]] for *_, t in rows], dtype=torch.float32),
         box_mask=torch.tensor([[t is not None] for *_, t in rows]),
     )
-    loss_fn = MultitaskLoss(LossWeights.stage2())
+    loss_fn = MultitaskLoss(stage_policy(2)[0])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     model.train()
     losses = []
@@ -141,17 +144,32 @@ def registered_model(tmp_path_factory, trained_model) -> dict:
 
 
 @pytest.fixture(scope="module")
-def evaluation(tmp_path_factory, clip_shards, registered_model, ray_session) -> dict:
-    """``python -m pipelines.eval`` run in-process on the registered model, every task."""
+def proposals_file(tmp_path_factory, clip_shards) -> dict:
+    """Hand-made instance proposals of the evaluated scenes: every object's box, a loose duplicate of the first."""
+    from pipelines.eval.proposals import SceneProposals, write_proposals
+
+    props = {}
+    for clip in _decoded(clip_shards):
+        boxes = np.array([o["center"] + o["size"] for o in clip.boxes["objects"]], np.float64)
+        loose = np.concatenate([boxes[0, :3], boxes[0, 3:] * 1.3])
+        props[clip.meta["scene_id"]] = SceneProposals(np.vstack([boxes, loose]))
+    uri = str(tmp_path_factory.mktemp("proposals") / "proposals.json")
+    write_proposals(uri, props)
+    return {"uri": uri, "proposals": props}
+
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory, clip_shards, registered_model, proposals_file, ray_session) -> dict:
+    """``python -m pipelines.eval`` run in-process on the registered model, every task, both protocols."""
     from pipelines.eval.__main__ import main
 
     tmp = tmp_path_factory.mktemp("eval")
     out = tmp / "out"
     argv = ["--model", f"models:/{REGISTERED}/{registered_model['version']}", "--data", clip_shards,
             "--tasks", ALL_TASKS, "--out", str(out), "--mlflow-uri", registered_model["tracking_uri"],
-            "--tiny", "--cache-dir", str(tmp / "cache")]
+            "--tiny", "--cache-dir", str(tmp / "cache"), "--proposals", proposals_file["uri"]]
     rc = main(argv)
-    return {"rc": rc, "out": out, **registered_model}
+    return {"rc": rc, "out": out, "argv": argv, **registered_model}
 
 
 @pytest.mark.slow
@@ -169,17 +187,21 @@ def test_every_metric_in_json_and_mlflow(evaluation):
         if key.split("/")[-1] in ("em", "cider", "bleu4", "meteor", "rouge_l", "delta1", "auc@30"):
             assert 0.0 <= value <= 1000.0, (key, value)
     # Each question / query is answered exactly once.
-    for task in ("scanqa", "sqa3d", "scanrefer", "multi3drefer"):
-        count = results[task]["overall"]["count"] if "overall" in results[task] else results[task]["count"]
-        assert results[task]["answered"] == count > 0
+    for task in ("scanqa", "sqa3d"):
+        assert results[task]["answered"] == results[task]["count"] > 0
+    for task in ("scanrefer", "multi3drefer"):
+        for protocol in ("free_form", "proposals"):
+            assert results[task][protocol]["answered"] == results[task][protocol]["overall"]["count"] > 0
 
     run_info = json.loads((out / "mlflow_run.json").read_text())
     assert run_info["ok"], run_info
     client = MlflowClient(tracking_uri=evaluation["tracking_uri"])
     run = client.get_run(run_info["run_id"])
     assert run.data.metrics == pytest.approx(mlflow_metrics(flat))
-    assert "scanrefer/overall/acc_at_0.25" in run.data.metrics
+    assert "scanrefer/proposals/overall/acc_at_0.25" in run.data.metrics
     tags = run.data.tags
+    assert tags["protocols"] == ("scanrefer=free_form,proposals;multi3drefer=free_form,proposals;"
+                                 "scan2cap=gt_boxes,proposals")
     assert tags["model_uri"] == f"models:/{REGISTERED}/{evaluation['version']}"
     assert tags["registered_model_name"] == REGISTERED
     assert tags["registered_model_version"] == evaluation["version"]
@@ -207,8 +229,8 @@ def test_predictions_are_the_models_in_the_benchmark_frame(evaluation, clip_shar
     ``axisAlignment @ cam_to_world[0]``; reconstruction arrays match the ground-truth resolution."""
     import torch
 
+    from pipelines.artifacts import load_model_and_tokenizer
     from pipelines.eval.alignment import first_camera_to_aligned, transform_boxes
-    from pipelines.eval.model_source import load_model_and_tokenizer
     from pipelines.eval.predictions import load_predictions
 
     out: Path = evaluation["out"]
@@ -231,6 +253,32 @@ def test_predictions_are_the_models_in_the_benchmark_frame(evaluation, clip_shar
     assert np.isfinite(recon.depth).all() and (recon.depth > 0).mean() > 0.9
     answers = [p.answer for p in preds if p.task == "scanqa"]
     assert answers and all(isinstance(a, str) and a for a in answers)
+
+
+@pytest.mark.slow
+def test_proposals_are_captioned_and_rescoring_the_file_reproduces_the_run(evaluation, proposals_file, tmp_path):
+    """Under the proposals protocol every proposal of a scene is captioned (in the benchmark frame in the file), and
+    ``--predictions`` on the run's own prediction file gives exactly the run's metrics, with no model."""
+    from pipelines.eval.__main__ import main
+    from pipelines.eval.predictions import load_predictions
+
+    out: Path = evaluation["out"]
+    preds = load_predictions(str(out / "predictions" / "predictions.jsonl"))
+    flat = json.loads((out / "metrics.json").read_text())
+    gt_captions = sum(len(p.captions) for p in preds if p.task == "scan2cap" and p.protocol == "gt_boxes")
+    assert gt_captions == flat["scan2cap/gt_boxes/num_objects"] == flat["scan2cap/proposals/num_objects"] > 0
+    for scene_id, props in proposals_file["proposals"].items():
+        captioned = [p for p in preds if p.task == "scan2cap" and p.scene_id == scene_id and p.protocol == "proposals"]
+        boxes = np.concatenate([p.boxes for p in captioned])
+        np.testing.assert_allclose(boxes, props.boxes, atol=1e-9)
+        assert all(isinstance(c, str) for p in captioned for c in p.captions)
+    argv = list(evaluation["argv"])
+    model_at = argv.index("--model")
+    argv[model_at:model_at + 2] = ["--predictions", str(out / "predictions" / "predictions.jsonl")]
+    argv[argv.index("--out") + 1] = str(tmp_path / "rescored")
+    assert main(argv) == 0
+    again = json.loads((tmp_path / "rescored" / "metrics.json").read_text())
+    assert again == flat
 
 
 @pytest.mark.slow
@@ -291,7 +339,7 @@ def test_bad_uris_name_the_uri(tmp_path, clip_shards, trained_model, s3_bucket, 
 def test_model_from_s3_is_downloaded_once(tmp_path, trained_model, s3_bucket):
     import s3fs
 
-    from pipelines.eval.model_source import resolve_model
+    from pipelines.artifacts import resolve_model
 
     fs = s3fs.S3FileSystem(endpoint_url=os.environ["AWS_ENDPOINT_URL"])
     remote = f"{s3_bucket}/exports/run-1/model"
@@ -299,9 +347,10 @@ def test_model_from_s3_is_downloaded_once(tmp_path, trained_model, s3_bucket):
     first = resolve_model(remote, cache_dir=str(tmp_path / "cache"))
     assert Path(first.local_dir, "model.safetensors").read_bytes() == \
         Path(trained_model["path"], "model.safetensors").read_bytes()
-    fs.rm(remote.removeprefix("s3://"), recursive=True)  # a second resolve must come from the cache
-    again = resolve_model(remote, cache_dir=str(tmp_path / "cache"))
+    stamp = Path(first.local_dir, "model.safetensors").stat().st_mtime_ns
+    again = resolve_model(remote, cache_dir=str(tmp_path / "cache"))  # unchanged on S3: served from the cache
     assert again.local_dir == first.local_dir and again.tags() == {"model_uri": remote}
+    assert Path(again.local_dir, "model.safetensors").stat().st_mtime_ns == stamp
 
 
 def test_select_annotations_split_limit_and_missing_boxes():
@@ -316,7 +365,7 @@ def test_select_annotations_split_limit_and_missing_boxes():
         "multi3drefer": [{"object_ids": [], "split": "val"}, {"object_ids": [1, 9], "split": "val"}],
     }
     tasks = ["scanqa", "scanrefer", "multi3drefer", "scan2cap", "reconstruction"]
-    chosen, dropped = select_annotations(ann, boxes, tasks, "val", 2)
+    chosen, dropped = select_annotations(ann, boxes, tasks, "val", 2, selection="first")
     assert [e["question_id"] for e in chosen["scanqa"]] == ["q1", "q3"]
     assert [e["object_id"] for e in chosen["scanrefer"]] == ["1", "2"]
     assert chosen["multi3drefer"] == [{"object_ids": [], "split": "val"}]
@@ -324,10 +373,44 @@ def test_select_annotations_split_limit_and_missing_boxes():
     # Without a scan2cap set, ScanRefer entries are grouped per object; they carry no split, so "val" keeps none.
     assert chosen["scan2cap"] == []
     assert dropped == {"scanrefer": 1, "multi3drefer": 1}
-    grouped, dropped = select_annotations(ann, boxes, ["scan2cap"], None, None)
+    grouped, dropped = select_annotations(ann, boxes, ["scan2cap"], None, None, selection="first")
     assert grouped["scan2cap"] == [{"scene_id": "s", "object_id": "1", "captions": ["object 1"]},
                                    {"scene_id": "s", "object_id": "2", "captions": ["object 2"]}]
     assert dropped == {"scan2cap": 1}
+
+
+def test_a_cap_takes_every_family_round_robin():
+    """``--max-queries N`` with the default stratified selection: the first N questions of a synthetic scene are all
+    counting questions, so the cap takes one per family instead (annotation ``family`` first, else templates)."""
+    questions = [f"How many {c} are in the room?" for c in ("chairs", "beds", "lamps")]
+    questions += ["What color is the bed?", "Is there a sofa in the room?", "What is next to the bed?"]
+    ann = {"scanqa": [{"question_id": f"q{i}", "question": q} for i, q in enumerate(questions)]
+           + [{"question_id": "q9", "question": "Where?", "family": "counting"}],
+           "scanrefer": [{"object_id": o, "ann_id": a} for o in ("1", "2") for a in ("0", "1")],
+           "multi3drefer": [{"object_ids": [], "eval_type": t, "ann_id": i} for i, t in enumerate("aabbc")]}
+    boxes = {"objects": [{"object_id": 1}, {"object_id": 2}]}
+    chosen, _ = select_annotations(ann, boxes, ["scanqa", "scanrefer", "multi3drefer"], None, 4)
+    assert [e["question_id"] for e in chosen["scanqa"]] == ["q0", "q3", "q4", "q5"]  # counting, colour, ...
+    assert [(e["object_id"], e["ann_id"]) for e in chosen["scanrefer"]] == [("1", "0"), ("2", "0"), ("1", "1"),
+                                                                            ("2", "1")]  # fmt: skip
+    assert [e["eval_type"] for e in chosen["multi3drefer"]] == ["a", "b", "c", "a"]
+    first, _ = select_annotations(ann, boxes, ["scanqa"], None, 4, selection="first")
+    assert [e["question_id"] for e in first["scanqa"]] == ["q0", "q1", "q2", "q3"]
+    every, _ = select_annotations(ann, boxes, ["scanqa"], None, None)
+    assert len(every["scanqa"]) == 7
+
+
+def test_cli_flags_for_protocols_and_queries():
+    from pipelines.eval.__main__ import build_parser, resolve_config
+
+    args = build_parser().parse_args(["--predictions", "p.jsonl", "--data", "d", "--tiny", "--all-queries",
+                                      "--proposals", "s3://b/pred_box.json", "--proposals-format", "video3dllm"])
+    cfg = resolve_config(args)
+    assert cfg.max_queries_per_task is None and cfg.proposals == "s3://b/pred_box.json"
+    assert cfg.proposals_format == "video3dllm" and cfg.uses_proposals
+    assert cfg.protocol.grounding_protocols == ("free_form", "proposals")
+    assert cfg.protocol.captioning_protocols == ("gt_boxes", "proposals")
+    assert resolve_config(build_parser().parse_args(["--model", "m", "--data", "d", "--tiny"])).max_queries_per_task == 3
 
 
 def test_mlflow_keys_are_safe_and_collisions_refused():
@@ -342,12 +425,24 @@ def test_config_validation_and_round_trip():
     assert EvalJobConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="unknown task"):
         EvalJobConfig(tasks=("scanqa", "vqa"))
-    with pytest.raises(ValueError, match="unknown eval config keys"):
+    with pytest.raises(ValueError, match="unknown field 'batchsize'"):
         EvalJobConfig.from_dict({"batchsize": 2})
-    with pytest.raises(ValueError, match="unknown eval protocol keys"):
+    with pytest.raises(ValueError, match="unknown field 'protocol.meteorr'"):
         EvalJobConfig.from_dict({"protocol": {"meteorr": False}})
     with pytest.raises(ValueError, match="num_gpus"):
         EvalJobConfig(num_gpus=-1)
+    proposals = {"protocol": {"grounding_protocols": ["free_form", "proposals"]}}
+    with pytest.raises(ValueError, match="needs proposals"):
+        EvalJobConfig.from_dict(proposals)
+    assert EvalJobConfig.from_dict({**proposals, "tasks": ["scanqa"]}).uses_proposals is False  # no grounding task
+    with_file = EvalJobConfig.from_dict({**proposals, "proposals": "p.json"})
+    assert EvalJobConfig.from_dict(json.loads(json.dumps(with_file.to_dict()))) == with_file
+    with pytest.raises(ValueError, match="needs proposals_scans_root"):
+        EvalJobConfig(proposals="mask/", proposals_format="leo_masks")
+    with pytest.raises(ValueError, match="proposals_format"):
+        EvalJobConfig(proposals_format="mask3d")
+    with pytest.raises(ValueError, match="query_selection"):
+        EvalJobConfig(query_selection="random")
 
 
 @pytest.mark.slow

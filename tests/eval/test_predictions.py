@@ -61,6 +61,7 @@ def test_round_trip(tmp_path):
         BoxPrediction("scanrefer", "s", "0", np.array([BOX]), np.array([0.5]), 3, "aligned"),
         BoxPrediction("multi3drefer", "s", "1", np.zeros((0, 6))),
         CaptionPrediction("scan2cap", "s", np.array([BOX]), ("a chair",)),
+        CaptionPrediction("scan2cap", "s", np.array([BOX]), ("a chair",), "aligned", "proposals"),
     ]
     uri = str(tmp_path / "out" / "p.jsonl")
     write_predictions(uri, preds)
@@ -69,7 +70,7 @@ def test_round_trip(tmp_path):
     np.testing.assert_allclose(back[1].boxes, preds[1].boxes)
     assert back[1].object_id == 3 and back[1].scores.tolist() == [0.5]
     assert back[2].boxes.shape == (0, 6)
-    assert back[3].captions == ("a chair",)
+    assert back[3].captions == ("a chair",) and back[3].protocol is None and back[4].protocol == "proposals"
 
 
 @pytest.mark.parametrize(
@@ -94,6 +95,10 @@ def test_round_trip(tmp_path):
         ),
         ({"task": "scanrefer", "scene_id": "s", "ann_id": "1", "object_id": "x", "boxes": [BOX]}, "integer"),
         ({"task": "scan2cap", "scene_id": "s", "boxes": [BOX], "captions": []}, "0 entries for 1 boxes"),
+        (
+            {"task": "scan2cap", "scene_id": "s", "boxes": [BOX], "captions": ["x"], "protocol": "mask3d"},
+            "'protocol' must be one of",
+        ),
         ({"task": "reconstruction", "scene_id": "s"}, "needs 'depth' and/or 'poses'"),
         ([1, 2], "must be a JSON object"),
     ],

@@ -25,14 +25,20 @@ def results(ptb_scorer):
 
 def test_flatten_and_headline(results):
     flat = flatten_metrics(results)
-    assert flat["scanrefer/overall/acc@0.5"] == 100.0
-    assert flat["multi3drefer/zt_w_d/count"] == 1.0
+    assert flat["scanrefer/free_form/overall/acc@0.5"] == 100.0
+    assert flat["multi3drefer/free_form/zt_w_d/count"] == 1.0
+    assert flat["scan2cap/gt_boxes/@0.5/matched"] == 4.0
+    assert flat["scanqa/by_family/counting/count"] == 1.0 and flat["scanqa/by_family/relative_position/em"] == 100.0
     assert not any(k.startswith("config") for k in flat)
     head = headline_metrics(results)
     assert head["SQA3D EM@1"] == 100.0 and head["Pose AUC@30"] == 100.0
     assert "ScanQA METEOR" not in head  # METEOR off in this config: absent, not zero
     md = summary_markdown(results)
-    assert "| ScanRefer Acc@0.25 | 100.00 | 55.8 |" in md
+    # the paper's value is shown only next to the protocol it was measured with (proposals)
+    assert "| ScanRefer Acc@0.25 [free_form] | 100.00 |  |" in md
+    assert "| SQA3D EM@1 | 100.00 | 57.3 |" in md
+    assert "| scanqa | counting | 100.00 | 100.00 | 1 |" in md
+    assert "Protocols: grounding free_form; captioning gt_boxes" in md
     assert '"caption_tokenizer": "ptb"' in md
 
 

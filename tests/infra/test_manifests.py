@@ -44,18 +44,15 @@ def _stage_commands(entrypoint: str) -> list[tuple[str, list[str]]]:
     return commands
 
 
-def _check_command(module: str, argv: list[str]) -> None:
+def _check_command(module: str, argv: list[str]):
+    """Parse ``argv`` with the stage's real parser and resolve its config (every stage has the same two steps)."""
     main = importlib.import_module(f"{module}.__main__")
+    args = main.build_parser().parse_args(argv)
     if module == "pipelines.train":
         from pipelines.train.config import resolve_config
 
-        args = main.build_parser().parse_args(argv)
-        resolve_config(args.config, args.overrides, stage=args.stage)
-    elif module == "pipelines.serve":
-        main.parse_args(argv)
-    else:
-        args = main.build_parser().parse_args(argv)
-        main.resolve_config(args)
+        return resolve_config(args.config, args.config_overrides or [], stage=args.stage)
+    return main.resolve_config(args)
 
 
 @pytest.mark.parametrize("name", ["rayjob-ingest.yaml", "rayjob-train.yaml"])
@@ -80,12 +77,7 @@ def test_train_job_runs_stage1_then_stage2_from_stage1_output():
     (job,) = _load_all("rayjob-train.yaml")
     (m1, a1), (m2, a2) = _stage_commands(job["spec"]["entrypoint"])
     assert m1 == m2 == "pipelines.train"
-    from pipelines.train.config import resolve_config
-
-    main = importlib.import_module("pipelines.train.__main__")
-    p1, p2 = main.build_parser().parse_args(a1), main.build_parser().parse_args(a2)
-    c1 = resolve_config(p1.config, p1.overrides, stage=p1.stage)
-    c2 = resolve_config(p2.config, p2.overrides, stage=p2.stage)
+    c1, c2 = _check_command(m1, a1), _check_command(m2, a2)
     assert (c1.stage, c2.stage) == (1, 2)
     assert str(c2.init_from).startswith(str(c1.run.output_dir)), "Stage 2 must start from Stage 1's export"
 

@@ -73,6 +73,44 @@ def batch(tokenizer) -> VidLLMBatch:
     return make_batch(tokenizer)
 
 
+# SmolLM2-Instruct's chat template (ChatML with a default system turn).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+_CORPUS = [
+    "what color is the chair next to the table? it is brown.",
+    "the chair near the table is red. describe the object at the window.",
+    "locate the sofa in front of the tv. answer: there are two chairs and one lamp.",
+    "[1.13, -1.64, 0.35, 0.92, 0.03, 1.16] [0.40, -0.20, 2.00, 0.60, 0.50, 0.40] 0123456789",
+    "question: how many pillows are on the bed? a brown wooden chair stands beside a white desk.",
+]
+
+
+@pytest.fixture(scope="session")
+def bpe_chat_tokenizer_dir(tmp_path_factory):
+    """A tiny byte-level BPE tokenizer with SmolLM2's special tokens (ids 0-2) and chat template, trained offline
+    with ``tokenizers`` and saved as an HF tokenizer folder (the shape of a real instruct LM's tokenizer)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    core.train_from_iterator(_CORPUS, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                  unk_token="<|endoftext|>")
+    tok.chat_template = CHATML_TEMPLATE
+    path = tmp_path_factory.mktemp("bpe-chat-tokenizer")
+    tok.save_pretrained(str(path))
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _single_thread():
     """Tiny models are dominated by OpenMP thread hand-offs on a shared 2-core machine (a 0.1 s forward takes 15 s

@@ -1,4 +1,4 @@
-"""D's components in isolation: 3D-VL branch, box head, distillation projections, configs and the batch."""
+"""The 3D-VL side's components in isolation: 3D-VL branch, box head, distillation projections, configs and the batch."""
 
 from __future__ import annotations
 
@@ -90,6 +90,9 @@ def test_distillation_projections_shapes_and_fixed_orthogonal_teacher_maps():
     out = proj(geom, lang, (2, 2), t_geo, t_sem)
     assert out.student_geo.shape == (2, 3, 9, 6) and out.teacher_geo.shape == (2, 3, 9, 6)
     assert out.student_sem.shape == (2, 3, 6) and out.teacher_sem.shape == (2, 3, 6)
+    assert out.student_sem_tokens.shape == (2, 3, 4, 6)  # every semantic token, for Eq. 7
+    torch.testing.assert_close(out.student_sem, out.student_sem_tokens.mean(dim=2))
+    torch.testing.assert_close(out.student_sem, proj.student_lang(lang.mean(dim=2)))  # Pool(T'_lang), projected
     assert not any(p.requires_grad for p in proj.buffers())
     # A 4-d teacher embedded isometrically in 6-d: cosine similarities are preserved exactly.
     a, b = t_sem[0, 0], t_sem[0, 1]

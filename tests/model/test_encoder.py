@@ -1,4 +1,4 @@
-"""Shared DINOv2 encoder: shapes, normalisation, local pretrained loading, VGGT patch-embed conversion."""
+"""Shared DINOv2 encoder: shapes, normalisation, local pretrained loading (VGGT conversion: test_vggt_weights)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 import torch
-from transformers import Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+from transformers import Dinov2Model, Dinov2WithRegistersModel
 
-from model.encoder import IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderConfig, vggt_patch_embed_to_hf_dinov2
+from model.encoder import IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderConfig
 
 
 def _with(cfg: EncoderConfig, **dinov2_overrides) -> EncoderConfig:
@@ -87,65 +87,6 @@ def test_bad_config_and_input_raise():
         enc(torch.rand(1, 2, 3, 28, 40))
     with pytest.raises(ValueError, match=r"\[B, S, 3, H, W\]"):
         enc(torch.rand(2, 3, 28, 28))
-
-
-def _vggt_style_dinov2_state_dict(
-    dim: int, depth: int, registers: int, num_pos: int
-) -> dict[str, torch.Tensor]:
-    """Keys and shapes as in facebookresearch/dinov2 ``vit_*(num_register_tokens=...)`` under VGGT's prefix."""
-    gen = torch.Generator().manual_seed(0)
-    shapes = {
-        "cls_token": (1, 1, dim),
-        "mask_token": (1, dim),
-        "register_tokens": (1, registers, dim),
-        "pos_embed": (1, 1 + num_pos, dim),
-        "patch_embed.proj.weight": (dim, 3, 14, 14),
-        "patch_embed.proj.bias": (dim,),
-        "norm.weight": (dim,),
-        "norm.bias": (dim,),
-    }
-    for i in range(depth):
-        shapes |= {
-            f"blocks.{i}.norm1.weight": (dim,),
-            f"blocks.{i}.norm1.bias": (dim,),
-            f"blocks.{i}.attn.qkv.weight": (3 * dim, dim),
-            f"blocks.{i}.attn.qkv.bias": (3 * dim,),
-            f"blocks.{i}.attn.proj.weight": (dim, dim),
-            f"blocks.{i}.attn.proj.bias": (dim,),
-            f"blocks.{i}.ls1.gamma": (dim,),
-            f"blocks.{i}.norm2.weight": (dim,),
-            f"blocks.{i}.norm2.bias": (dim,),
-            f"blocks.{i}.mlp.fc1.weight": (4 * dim, dim),
-            f"blocks.{i}.mlp.fc1.bias": (4 * dim,),
-            f"blocks.{i}.mlp.fc2.weight": (dim, 4 * dim),
-            f"blocks.{i}.mlp.fc2.bias": (dim,),
-            f"blocks.{i}.ls2.gamma": (dim,),
-        }
-    return {f"aggregator.patch_embed.{k}": torch.randn(v, generator=gen) for k, v in shapes.items()}
-
-
-def test_vggt_patch_embed_converts_to_hf_registers_model_with_no_missing_keys():
-    sd = _vggt_style_dinov2_state_dict(dim=32, depth=2, registers=4, num_pos=4)
-    sd["aggregator.frame_blocks.0.norm1.weight"] = torch.ones(32)  # outside the prefix: ignored
-    hf = vggt_patch_embed_to_hf_dinov2(sd)
-    model = Dinov2WithRegistersModel(
-        Dinov2WithRegistersConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=14, image_size=28,
-            num_register_tokens=4,
-        )
-    )  # fmt: skip
-    result = model.load_state_dict(hf, strict=True)
-    assert not result.missing_keys and not result.unexpected_keys
-    qkv = sd["aggregator.patch_embed.blocks.1.attn.qkv.weight"]
-    layer = model.encoder.layer[1].attention
-    torch.testing.assert_close(layer.q_proj.weight, qkv[:32])
-    torch.testing.assert_close(layer.k_proj.weight, qkv[32:64])
-    torch.testing.assert_close(layer.v_proj.weight, qkv[64:])
-    torch.testing.assert_close(
-        model.encoder.layer[0].layer_scale2.lambda1, sd["aggregator.patch_embed.blocks.0.ls2.gamma"]
-    )
-    with pytest.raises(ValueError, match="no HF DINOv2 counterpart"):
-        vggt_patch_embed_to_hf_dinov2({"aggregator.patch_embed.blocks.0.attn.rope.freq": torch.ones(1)})
 
 
 @pytest.mark.slow

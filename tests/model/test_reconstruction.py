@@ -1,4 +1,4 @@
-"""Reconstruction branch: outputs, conventions, memory chunking and VGGT key mapping."""
+"""Reconstruction branch: outputs, conventions, memory chunking, the point head and camera refinement."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from model.layers import RotaryPositionEmbedding2D, patch_positions
 from model.pose_encoding import pose_encoding_to_extrinsics_intrinsics
-from model.reconstruction import ReconstructionBranch, ReconstructionConfig, vggt_state_dict_to_ours
+from model.reconstruction import ReconstructionBranch, ReconstructionConfig
 
 
 def _branch(**overrides) -> ReconstructionBranch:
@@ -66,6 +66,7 @@ def test_gradients_reach_the_input_and_every_parameter():
     geom = torch.randn(1, 2, 6, 32, requires_grad=True)
     out = branch(geom, grid=(2, 3), image_hw=(28, 42))
     loss = out.depth.mean() + out.depth_conf.mean() + sum(p.square().mean() for p in out.pose_enc_list)
+    loss = loss + out.world_points.square().mean() + out.world_points_conf.mean()
     loss.backward()
     assert geom.grad.abs().sum() > 0
     no_grad = [n for n, p in branch.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
@@ -78,19 +79,6 @@ def test_dpt_frame_chunking_does_not_change_the_result():
     chunked = _branch(frames_chunk_size=2).eval()(geom, (2, 3), (28, 42))
     torch.testing.assert_close(chunked.depth, whole.depth)
     torch.testing.assert_close(chunked.depth_conf, whole.depth_conf)
-
-
-def test_gradient_checkpointing_gives_identical_outputs_and_gradients():
-    geom = torch.randn(1, 2, 6, 32)
-    results = []
-    for enabled in (False, True):
-        branch = _branch(gradient_checkpointing=enabled).train()
-        out = branch(geom, (2, 3), (28, 42))
-        (out.depth.mean() + out.pose_enc.square().mean()).backward()
-        grad = branch.alternating.frame_blocks[0].attn.qkv.weight.grad.clone()
-        results.append((out.depth.detach(), out.pose_enc.detach(), grad))
-    for plain, checkpointed in zip(*results, strict=True):
-        torch.testing.assert_close(checkpointed, plain)
 
 
 def test_rope_attention_depends_only_on_relative_positions():
@@ -120,99 +108,6 @@ def test_bad_config_and_inputs_raise():
         branch(torch.randn(1, 2, 6, 32), grid=(2, 3), image_hw=(28, 40))
     with pytest.raises(ValueError, match=r"\[B, S, P, 32\]"):
         branch(torch.randn(1, 2, 6, 16), grid=(2, 3), image_hw=(28, 42))
-
-
-def _block_shapes(prefix: str, dim: int, qk_norm: bool, num_heads: int) -> dict[str, tuple[int, ...]]:
-    shapes = {
-        "norm1.weight": (dim,), "norm1.bias": (dim,),
-        "attn.qkv.weight": (3 * dim, dim), "attn.qkv.bias": (3 * dim,),
-        "attn.proj.weight": (dim, dim), "attn.proj.bias": (dim,),
-        "ls1.gamma": (dim,), "norm2.weight": (dim,), "norm2.bias": (dim,),
-        "mlp.fc1.weight": (4 * dim, dim), "mlp.fc1.bias": (4 * dim,),
-        "mlp.fc2.weight": (dim, 4 * dim), "mlp.fc2.bias": (dim,), "ls2.gamma": (dim,),
-    }  # fmt: skip
-    if qk_norm:
-        head_dim = dim // num_heads
-        for name in ("q_norm", "k_norm"):
-            shapes |= {f"attn.{name}.weight": (head_dim,), f"attn.{name}.bias": (head_dim,)}
-    return {prefix + k: v for k, v in shapes.items()}
-
-
-def _vggt_named_state_dict(cfg: ReconstructionConfig) -> dict[str, torch.Tensor]:
-    """A state dict with the key names and shapes of facebookresearch/vggt's VGGT for the given sizes.
-
-    Written out from VGGT's module definitions (Aggregator, CameraHead, DPTHead), not from our modules, so that the
-    test fails if our naming drifts from VGGT's.
-    """
-    c, d = cfg.dim, 2 * cfg.dim
-    f, oc = cfg.dpt_features, cfg.dpt_out_channels
-    shapes: dict[str, tuple[int, ...]] = {
-        "aggregator.camera_token": (1, 2, 1, c),
-        "aggregator.register_token": (1, 2, cfg.num_register_tokens, c),
-        # VGGT's own DINOv2 and the heads we do not build: must be skipped by the mapping.
-        "aggregator.patch_embed.cls_token": (1, 1, c),
-        "aggregator.patch_embed.blocks.0.attn.qkv.weight": (3 * c, c),
-        "point_head.norm.weight": (d,),
-        "track_head.feature_extractor.norm.weight": (d,),
-    }
-    for i in range(cfg.depth):
-        shapes |= _block_shapes(f"aggregator.frame_blocks.{i}.", c, cfg.qk_norm, cfg.num_heads)
-        shapes |= _block_shapes(f"aggregator.global_blocks.{i}.", c, cfg.qk_norm, cfg.num_heads)
-    for i in range(cfg.camera_trunk_depth):
-        shapes |= _block_shapes(f"camera_head.trunk.{i}.", d, False, cfg.camera_num_heads)
-    shapes |= {
-        "camera_head.token_norm.weight": (d,), "camera_head.token_norm.bias": (d,),
-        "camera_head.trunk_norm.weight": (d,), "camera_head.trunk_norm.bias": (d,),
-        "camera_head.empty_pose_tokens": (1, 1, 9),
-        "camera_head.embed_pose.weight": (d, 9), "camera_head.embed_pose.bias": (d,),
-        "camera_head.poseLN_modulation.1.weight": (3 * d, d), "camera_head.poseLN_modulation.1.bias": (3 * d,),
-        "camera_head.pose_branch.fc1.weight": (d // 2, d), "camera_head.pose_branch.fc1.bias": (d // 2,),
-        "camera_head.pose_branch.fc2.weight": (9, d // 2), "camera_head.pose_branch.fc2.bias": (9,),
-        "depth_head.norm.weight": (d,), "depth_head.norm.bias": (d,),
-        "depth_head.resize_layers.0.weight": (oc[0], oc[0], 4, 4), "depth_head.resize_layers.0.bias": (oc[0],),
-        "depth_head.resize_layers.1.weight": (oc[1], oc[1], 2, 2), "depth_head.resize_layers.1.bias": (oc[1],),
-        "depth_head.resize_layers.3.weight": (oc[3], oc[3], 3, 3), "depth_head.resize_layers.3.bias": (oc[3],),
-        "depth_head.scratch.output_conv1.weight": (f // 2, f, 3, 3), "depth_head.scratch.output_conv1.bias": (f // 2,),
-        "depth_head.scratch.output_conv2.0.weight": (32, f // 2, 3, 3), "depth_head.scratch.output_conv2.0.bias": (32,),
-        "depth_head.scratch.output_conv2.2.weight": (2, 32, 1, 1), "depth_head.scratch.output_conv2.2.bias": (2,),
-    }  # fmt: skip
-    for i in range(4):
-        shapes[f"depth_head.projects.{i}.weight"] = (oc[i], d, 1, 1)
-        shapes[f"depth_head.projects.{i}.bias"] = (oc[i],)
-        shapes[f"depth_head.scratch.layer{i + 1}_rn.weight"] = (f, oc[i], 3, 3)
-        units = ("resConfUnit2",) if i == 3 else ("resConfUnit1", "resConfUnit2")
-        for unit in units:
-            for conv in ("conv1", "conv2"):
-                shapes[f"depth_head.scratch.refinenet{i + 1}.{unit}.{conv}.weight"] = (f, f, 3, 3)
-                shapes[f"depth_head.scratch.refinenet{i + 1}.{unit}.{conv}.bias"] = (f,)
-        shapes[f"depth_head.scratch.refinenet{i + 1}.out_conv.weight"] = (f, f, 1, 1)
-        shapes[f"depth_head.scratch.refinenet{i + 1}.out_conv.bias"] = (f,)
-    gen = torch.Generator().manual_seed(0)
-    # Small weights like a trained checkpoint's, so the exp depth activation stays finite in the forward below.
-    return {k: 0.02 * torch.randn(v, generator=gen) for k, v in shapes.items()}
-
-
-def test_vggt_state_dict_maps_onto_every_key_of_the_tiny_branch():
-    cfg = ReconstructionConfig.tiny()
-    vggt_sd = _vggt_named_state_dict(cfg)
-    ours = vggt_state_dict_to_ours(vggt_sd)
-    branch = ReconstructionBranch(cfg)
-    result = branch.load_state_dict(ours, strict=True)
-    assert result.missing_keys == [] and result.unexpected_keys == []
-    assert set(ours) == set(branch.state_dict())
-    torch.testing.assert_close(branch.alternating.camera_token, vggt_sd["aggregator.camera_token"])
-    torch.testing.assert_close(
-        branch.alternating.global_blocks[1].attn.qkv.weight,
-        vggt_sd["aggregator.global_blocks.1.attn.qkv.weight"],
-    )
-    assert not any(k.startswith(("patch_embed", "point_head", "track_head")) for k in ours)
-    out = branch(torch.randn(1, 2, 6, 32), grid=(2, 3), image_hw=(28, 42))
-    assert torch.isfinite(out.depth).all() and torch.isfinite(out.pose_enc).all()
-
-
-def test_vggt_mapping_rejects_unknown_keys():
-    with pytest.raises(ValueError, match="unmapped"):
-        vggt_state_dict_to_ours({"aggregator.new_module.weight": torch.ones(1)})
 
 
 @pytest.mark.slow
@@ -246,3 +141,38 @@ def test_a_negative_fov_still_learns():
     with torch.no_grad():
         head.pose_branch.fc2.bias[7:] = 5.0
         assert (head(tokens, num_iterations=1)[-1][..., 7:] > 4).all()  # positive FoVs pass as under VGGT's ReLU
+
+
+def test_camera_refinement_detaches_the_running_estimate():
+    """Iteration k's output is ``detach(estimate_{k-1}) + delta_k`` (VGGT): its gradient reaches delta_k only."""
+    from model.heads.camera import CameraHead
+
+    torch.manual_seed(0)
+    head = CameraHead(16, num_trunk_layers=1, num_heads=2)
+    deltas: list[torch.Tensor] = []
+
+    def keep(_module, _inputs, output):
+        output.retain_grad()
+        deltas.append(output)
+
+    head.pose_branch.register_forward_hook(keep)
+    poses = head(torch.randn(2, 3, 16), num_iterations=3)
+    poses[-1][..., :7].sum().backward()
+    assert len(deltas) == 3
+    assert deltas[0].grad is None and deltas[1].grad is None  # no path from the last output to earlier deltas
+    torch.testing.assert_close(deltas[2].grad[..., :7], torch.ones(2, 3, 7))
+    # Every iteration's output still trains the shared head parameters.
+    assert head.pose_branch.fc2.weight.grad.abs().sum() > 0
+
+
+def test_point_head_predicts_world_points_with_vggt_activations():
+    from model.reconstruction import inverse_log_transform
+
+    out = _branch()(torch.randn(1, 2, 6, 32), grid=(2, 3), image_hw=(28, 42))
+    assert out.world_points.shape == (1, 2, 28, 42, 3) and out.world_points_conf.shape == (1, 2, 28, 42)
+    assert (out.world_points_conf >= 1).all()
+    x = torch.tensor([-2.0, -0.5, 0.0, 0.5, 2.0])
+    torch.testing.assert_close(inverse_log_transform(x), torch.sign(x) * (torch.exp(x.abs()) - 1))
+    off = _branch(enable_point_head=False)
+    assert off.point_head is None and not any(n.startswith("point_head") for n, _ in off.named_parameters())
+    assert off(torch.randn(1, 2, 6, 32), grid=(2, 3), image_hw=(28, 42)).world_points is None

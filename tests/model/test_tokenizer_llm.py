@@ -52,8 +52,10 @@ def test_encode_example_masks_prompt(tokenizer):
     assert ids[:n_prompt] == tokenizer(f"{SCENE_TOKEN} question: what is it? answer:")["input_ids"]
     assert labels[n_prompt:] == ids[n_prompt:]
     assert ids[-1] == tokenizer.eos_token_id
-    with pytest.raises(ValueError, match="max_length"):
-        encode_example(tokenizer, "a b c d e", "x", max_length=3)
+    with pytest.raises(ValueError, match="max_length=3"):
+        encode_example(tokenizer, f"{SCENE_TOKEN} a b c d e", "x", max_length=3)
+    with pytest.raises(ValueError, match="<scene> placeholder"):
+        encode_example(tokenizer, "a b c d e", "x")
 
 
 def test_build_tokenizer_rejects_mismatched_config(tiny_cfg):

@@ -10,12 +10,14 @@ import torch
 
 from model import GroundingOutput, SceneEncoding, VidLLM, VidLLMBatch, VidLLMConfig
 from model.config import LossWeights
-from model.freezing import apply_stage
+from model.freezing import apply_freezing
 from model.losses import MultitaskLoss, box_loss, lm_loss
 
 from .conftest import make_batch
 
-ALL_LOSSES = LossWeights(geo=1, lang=1, sc=1, camera=5, depth=1, metric_depth=1, lm=1, box=1)
+ALL_LOSSES = LossWeights(geo=1, lang=1, sc=1, camera=5, depth=1, point=1, metric_depth=1, lm=1, box=1)
+STAGE1_LOSSES = LossWeights(geo=1, lang=1, sc=1)
+STAGE2_LOSSES = LossWeights(camera=5, depth=1, point=1, metric_depth=1, lm=1, box=1)
 
 
 def test_forward_shapes_of_every_branch(tiny_model, batch):
@@ -36,7 +38,7 @@ def test_forward_shapes_of_every_branch(tiny_model, batch):
     assert out.grounding.boxes.shape == (b, 4, 6) and (out.grounding.boxes[..., 3:] > 0).all()
     total, terms = MultitaskLoss(ALL_LOSSES)(out, batch)
     assert torch.isfinite(total)
-    assert {"geo", "lang", "sc", "camera", "depth", "metric_depth", "lm", "box"} <= set(terms)
+    assert {"geo", "lang", "sc", "camera", "depth", "point", "metric_depth", "lm", "box"} <= set(terms)
 
 
 def test_tiny_forward_backward_is_fast(tiny_model, tokenizer):
@@ -53,17 +55,22 @@ def test_teacher_only_batch_skips_geometry(tiny_model, batch):
     stage1 = VidLLMBatch(frames=batch.frames, teacher_geo=batch.teacher_geo, teacher_sem=batch.teacher_sem)
     out = tiny_model(stage1)
     assert out.reconstruction is None and out.scene is None and out.lm_logits is None
-    total, terms = MultitaskLoss(LossWeights.stage1())(out, stage1)
+    total, terms = MultitaskLoss(STAGE1_LOSSES)(out, stage1)
     assert set(terms) == {"geo", "lang", "sc"} and torch.isfinite(total)
     with pytest.raises(ValueError, match="no loss"):
-        MultitaskLoss(LossWeights.stage2())(out, stage1)
+        MultitaskLoss(STAGE2_LOSSES)(out, stage1)
     with pytest.raises(ValueError, match="reconstruct=False"):
         tiny_model(batch, reconstruct=False)
 
 
+# The two training stages' patterns (pipelines/train/config.py: stage_policy).
+STAGE_PATTERNS = {"stage1": (("encoder.*", "adapter.*", "distill.*"), ()),
+                  "stage2": (("*",), ("encoder.*", "distill.*"))}
+
+
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
 def test_freezing_leaves_exactly_the_right_parameters_trainable(tiny_model, batch, stage):
-    counts = apply_stage(tiny_model, stage)
+    counts = apply_freezing(tiny_model, *STAGE_PATTERNS[stage])
     names = {n for n, p in tiny_model.named_parameters() if p.requires_grad}
     everything = {n for n, _ in tiny_model.named_parameters()}
     if stage == "stage1":
@@ -81,9 +88,9 @@ def test_freezing_leaves_exactly_the_right_parameters_trainable(tiny_model, batc
     assert any(tiny_model.get_parameter(n).grad is not None for n in expected)
 
 
-def test_unknown_stage_is_rejected(tiny_model):
-    with pytest.raises(ValueError, match="unknown training stage"):
-        apply_stage(tiny_model, "stage3")
+def test_patterns_that_freeze_everything_are_rejected(tiny_model):
+    with pytest.raises(ValueError, match="leave no trainable parameter"):
+        apply_freezing(tiny_model, ("*",), ("*",))
 
 
 def _grads(model, prefix):

@@ -58,14 +58,14 @@ def scene_set(synthetic_root) -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_teachers(tmp_path_factory) -> dict[str, str]:
-    """Tiny random DINOv2-with-registers and CLIP vision towers saved in HF layout (loaded by path, like real ones)."""
+    """Tiny random DINOv2-with-registers and CLIP vision towers saved in HF layout (loaded by path, like real ones).
+
+    The CLIP one is written by ``write_random_clip``, so it carries the random stand-in label.
+    """
     import torch
-    from transformers import (
-        CLIPVisionConfig,
-        CLIPVisionModel,
-        Dinov2WithRegistersConfig,
-        Dinov2WithRegistersModel,
-    )
+    from transformers import CLIPVisionConfig, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    from pipelines.teachers.semantic import write_random_clip
 
     base = tmp_path_factory.mktemp("teachers")
     torch.manual_seed(0)
@@ -73,8 +73,7 @@ def tiny_teachers(tmp_path_factory) -> dict[str, str]:
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=56,
         patch_size=14, num_register_tokens=4))
     geo.save_pretrained(base / "geo")
-    sem = CLIPVisionModel(CLIPVisionConfig(
+    write_random_clip(str(base / "sem"), CLIPVisionConfig(
         hidden_size=24, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, image_size=42,
         patch_size=14))
-    sem.save_pretrained(base / "sem")
     return {"geo": str(base / "geo"), "sem": str(base / "sem")}

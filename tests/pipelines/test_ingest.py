@@ -130,7 +130,7 @@ def test_config_validation_and_hash():
     assert dataclasses.replace(tiny, scenes_per_task=1).hash() == tiny.hash()
     with pytest.raises(ValueError, match="scenes_per_task"):
         IngestConfig(scenes_per_task=0)
-    assert dataclasses.replace(tiny, short_side=70).hash() != tiny.hash()
+    assert dataclasses.replace(tiny, resize_to=70).hash() != tiny.hash()
 
 
 def test_scenes_per_task_keeps_every_cpu_busy():
@@ -291,4 +291,147 @@ def test_killed_run_resumes_to_byte_identical_shards(reference_run, scene_set, r
                progress=False)
     assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == stamp
     with pytest.raises(mf.ManifestError, match="config"):
-        run_ingest(scene_set["uris"], str(out), dataclasses.replace(IngestConfig.tiny(), short_side=70))
+        run_ingest(scene_set["uris"], str(out), dataclasses.replace(IngestConfig.tiny(), resize_to=70))
+
+
+# --------------------------------------------------------------------------------------- hostile scene videos
+HOSTILE_EXPECTED = {
+    "good": None,
+    "good_edit_list": None,
+    "size_other_aspect": "FrameSizeMismatchError",
+    "size_half": "FrameSizeMismatchError",
+    "video_one_frame": "FrameCountMismatchError",
+    "video_too_long": "FrameCountMismatchError",
+    "too_few_frames": "TooFewValidFramesError",
+    "truncated": "TruncatedFileError",
+    "playlist": "UnsupportedContainerError",
+    "png_as_mp4": "UnsupportedContainerError",
+    "decode_bomb": "DecodeBudgetError",
+    "manifest_escape": "CorruptDataError",
+    "manifest_zero_size": "CorruptDataError",
+    "posed_jpeg_other_size": "CorruptDataError",  # the per-frame readers compare with the first image
+}
+
+
+def _hostile_scenes(root: Path) -> dict[str, str]:
+    """One scene folder per entry of ``HOSTILE_EXPECTED`` (video layout unless named ``posed_*``)."""
+    import json
+
+    from pipelines.scenes.posed_images import write_posed_images
+    from pipelines.scenes.video_layout import write_video_scene
+    from tests.scenes import video_files as vf
+    from tests.scenes.frames import COLOR_H, COLOR_W, DEPTH_H, DEPTH_W, make_frames
+
+    color = Intrinsics(np.array([[90.5, 0.0, 47.75], [0.0, 91.25, 35.5], [0.0, 0.0, 1.0]]), COLOR_W, COLOR_H)
+    depth = Intrinsics(np.array([[45.25, 0.0, 23.875], [0.0, 45.625, 17.75], [0.0, 0.0, 1.0]]), DEPTH_W, DEPTH_H)
+    uris = {}
+    for name in HOSTILE_EXPECTED:
+        scene = root / name
+        uris[name] = str(scene)
+        if name.startswith("posed_"):
+            write_posed_images(str(scene), color, depth, make_frames(8))
+            from PIL import Image
+
+            Image.new("RGB", (COLOR_W // 2, COLOR_H // 2)).save(scene / "00004.jpg", quality=95)
+            continue
+        write_video_scene(str(scene), color, depth, make_frames(3 if name == "too_few_frames" else 8), fps=30,
+                          gop=4)
+        video = scene / "color.mp4"
+        manifest = json.loads((scene / "scene.json").read_text())
+        if name == "good_edit_list":  # the same 8 frames presented, after 3 hidden ones; no frame_times sidecar
+            video.write_bytes(vf.edit_list_mp4(vf.mp4(11, COLOR_W, COLOR_H, bframes=2), hide_leading=3))
+            (scene / "frame_times.txt").unlink()
+        elif name == "size_other_aspect":
+            video.write_bytes(vf.mp4(8, 64, 64))
+        elif name == "size_half":  # same aspect: the old ingest resized it to 96x72 without a word
+            video.write_bytes(vf.mp4(8, COLOR_W // 2, COLOR_H // 2))
+        elif name == "video_one_frame":
+            video.write_bytes(vf.mp4(1, COLOR_W, COLOR_H))
+        elif name == "video_too_long":
+            video.write_bytes(vf.mp4(12, COLOR_W, COLOR_H))
+        elif name == "truncated":
+            data = vf.mp4(40, COLOR_W, COLOR_H, faststart=True, tmp_path=root)
+            video.write_bytes(data[: len(data) // 2])
+        elif name == "playlist":
+            video.write_bytes(vf.ffconcat(str(root / "good" / "color.mp4")))
+        elif name == "png_as_mp4":
+            video.write_bytes(vf.png(COLOR_W, COLOR_H))
+        elif name == "decode_bomb":
+            video.write_bytes(vf.decode_bomb())
+        elif name == "manifest_escape":
+            manifest["video"] = "../good/color.mp4"
+        elif name == "manifest_zero_size":
+            manifest["color_size"] = [0, 0]
+        (scene / "scene.json").write_text(json.dumps(manifest))
+    return uris
+
+
+@pytest.fixture(scope="module")
+def hostile_scenes(tmp_path_factory) -> dict[str, str]:
+    return _hostile_scenes(tmp_path_factory.mktemp("hostile"))
+
+
+def test_hostile_scenes_each_end_staged_or_quarantined_with_a_typed_reason(hostile_scenes, tmp_path):
+    from pipelines.ingest.job import SceneInput, stage_scene
+
+    config = IngestConfig.tiny()
+    for name, expected in HOSTILE_EXPECTED.items():
+        row = stage_scene(SceneInput(name, hostile_scenes[name], None, {}), str(tmp_path), config, config.hash())
+        if expected is None:
+            assert row["status"] == "staged", (name, row)
+        else:
+            assert (row["status"], row["error_type"]) == ("quarantined", expected), (name, row)
+            assert row["reason"].startswith(hostile_scenes[name]), row  # names the file at fault
+    staged, quarantined = mf.list_staged(str(tmp_path))
+    assert set(staged) == {"good", "good_edit_list"}
+    assert set(quarantined) == set(HOSTILE_EXPECTED) - set(staged)
+    record = mf.read_quarantine_record(quarantined["size_half"])
+    assert "video frames are 48x36, the scene declares 96x72" in record.reason
+
+
+def test_edit_list_scene_samples_the_presented_frames(hostile_scenes):
+    """The 8 presented frames are frames 3..10 of the coded stream; clips hold exactly those."""
+    from pipelines.ingest.job import SceneInput
+    from pipelines.scenes.video import iter_frames
+    from tests.scenes import video_files as vf
+
+    config = IngestConfig.tiny()
+    (clip,) = build_scene_clips(SceneInput("e", hostile_scenes["good_edit_list"], None, {}), config, config.hash())
+    idx = clip.meta["frame_indices"]
+    assert len(idx) == 6 and max(idx) <= 7 and clip.frames.shape == (6, 56, 70, 3)
+    np.testing.assert_allclose(clip.meta["timestamps_s"], [i / 30 for i in idx], atol=1e-5)
+    coded = [f.rgb for f in iter_frames(vf.mp4(11, 96, 72, bframes=2))]
+    plan = ResizePlan.for_size(96, 72, config.resize_to, config.patch_multiple)
+    for frame, i in zip(clip.frames, idx, strict=True):
+        np.testing.assert_array_equal(frame, plan.image(coded[i + 3]))
+
+
+def test_decode_budget_is_part_of_the_config(hostile_scenes, tmp_path):
+    from pipelines.ingest.job import SceneInput, stage_scene
+    from pipelines.scenes.decode_budget import DecodeBudget
+
+    config = dataclasses.replace(IngestConfig.tiny(), decode=DecodeBudget(max_frames=7))
+    assert config.hash() != IngestConfig.tiny().hash()
+    assert IngestConfig.from_dict(config.to_dict()) == config
+    assert IngestConfig.from_dict({**IngestConfig.tiny().to_dict(), "decode": {"max_frames": 7}}) == config
+    row = stage_scene(SceneInput("good", hostile_scenes["good"], None, {}), str(tmp_path), config, config.hash())
+    assert (row["status"], row["error_type"]) == ("quarantined", "DecodeBudgetError")
+    with pytest.raises(ValueError, match="unknown field 'decode.pixels'"):
+        IngestConfig.from_dict({"decode": {"pixels": 1}})
+
+
+def test_resize_plan_refuses_another_input_size():
+    plan = ResizePlan.for_size(96, 72, 56, 14)
+    with pytest.raises(ValueError, match="image is 48x36, the resize plan is for 96x72"):
+        plan.image(np.zeros((36, 48, 3), np.uint8))
+
+
+@pytest.mark.slow
+def test_ray_job_over_hostile_scenes(ray_session, hostile_scenes, tmp_path):
+    out = str(tmp_path / "out")
+    manifest = run_ingest(sorted(hostile_scenes.values()), out, IngestConfig.tiny(), progress=False)
+    written = {sid for shard in manifest.shards for sid in shard.scenes}
+    quarantined = {q.scene_id: q.error_type for q in manifest.quarantine}
+    assert written == {"good", "good_edit_list"}
+    assert quarantined == {k: v for k, v in HOSTILE_EXPECTED.items() if v is not None}
+    assert (manifest.summary["scenes"], manifest.summary["scenes_written"]) == (len(HOSTILE_EXPECTED), 2)

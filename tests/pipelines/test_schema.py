@@ -167,6 +167,22 @@ def test_streamed_tar_samples_equal_the_in_memory_grouping_and_decode_back():
         list(schema.iter_tar_samples(io.BytesIO(b"\x01" * 1024), "broken.tar"))
 
 
+def test_grouping_is_webdatasets_own(tmp_path):
+    """The schema's tar grouping gives exactly what ``webdataset.tariterators.group_by_keys`` gives on a real shard,
+    duplicate fields included (both refuse them)."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    clips = [make_clip(f"scene000{i}_00-c000{i}", seed=i) for i in range(3)]
+    data = schema.write_tar(m for c in clips for m in schema.sample_members(schema.encode_clip_sample(c, "jpeg")))
+    theirs = list(group_by_keys(tar_file_expander([{"stream": io.BytesIO(data), "url": "shard.tar"}])))
+    assert [{k: v for k, v in t.items() if k != "__url__"} for t in theirs] == schema.group_members(schema.read_tar(data))
+    twice = [("a.json", b"1"), ("a.json", b"2")]
+    with pytest.raises(schema.SchemaError, match="duplicate field 'json'"):
+        schema.group_members(twice)
+    with pytest.raises(ValueError, match="duplicate file name"):
+        list(group_by_keys({"fname": n, "data": d, "__url__": "u"} for n, d in twice))
+
+
 def test_job_modules_do_not_import_torch():
     """Ray's reading, staging and packing tasks import these modules in fresh worker processes."""
     import subprocess

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 
@@ -113,34 +114,140 @@ def test_round_trip_and_invalid_poses(tmp_path, color_intrinsics, depth_intrinsi
         np.testing.assert_array_equal(streamed[4].cam_to_world, frames[4].cam_to_world)
 
 
-def test_random_access_on_s3_reads_a_small_fraction(s3_bucket, color_intrinsics, depth_intrinsics):
+class S3Calls:
+    """Every S3 API call an s3fs client makes (operation, key, range) and the body bytes of each GetObject."""
+
+    def __init__(self, fs):
+        self.client, self.calls, self.served = fs.s3, [], []
+
+    def _on_params(self, params, event_name, **_):
+        self.calls.append((event_name.rsplit(".", 1)[-1], params.get("Key", ""), params.get("Range")))
+
+    def _on_get(self, parsed, **_):
+        self.served.append(int(parsed.get("ContentLength", 0)))
+
+    def __enter__(self):
+        self.client.meta.events.register("provide-client-params.s3", self._on_params)
+        self.client.meta.events.register("after-call.s3.GetObject", self._on_get)
+        return self
+
+    def __exit__(self, *exc):
+        self.client.meta.events.unregister("provide-client-params.s3", self._on_params)
+        self.client.meta.events.unregister("after-call.s3.GetObject", self._on_get)
+
+    def gets(self, key_suffix: str) -> list[tuple[str, str, str | None]]:
+        return [c for c in self.calls if c[0] == "GetObject" and c[1].endswith(key_suffix)]
+
+
+def _assert_same_frames(got, want) -> None:
+    assert got.index == want.index and got.valid == want.valid and got.timestamp_s == want.timestamp_s
+    np.testing.assert_array_equal(got.rgb, want.rgb)
+    np.testing.assert_array_equal(got.depth_m, want.depth_m)
+    np.testing.assert_array_equal(got.cam_to_world, want.cam_to_world)
+
+
+@pytest.fixture
+def s3_scene(s3_bucket, tmp_path, color_intrinsics, depth_intrinsics):
+    """The same 240-frame ``.sens`` (frames 3 and 100 with lost tracking) on the moto S3 server and locally."""
     n = 240
+    local = str(tmp_path / "scene0000_00.sens")
+    write_sens(local, color_intrinsics, depth_intrinsics, make_frames(n, invalid=(3, 100)), num_frames=n)
     uri = f"{s3_bucket}/scans/scene0000_00/scene0000_00.sens"
-    write_sens(uri, color_intrinsics, depth_intrinsics, make_frames(n), num_frames=n)
     fs, path = filesystem(uri)
-    size = fs.size(path)
-    # Count the body bytes of every GetObject response the S3 server actually sends (botocore event hook).
-    served = []
+    fs.put_file(local, path)
+    return uri, local, fs
 
-    def on_get(parsed, **_):
-        served.append(int(parsed.get("ContentLength", 0)))
 
-    fs.s3.meta.events.register("after-call.s3.GetObject", on_get)
-    try:
-        with SensReader(uri) as reader:
-            assert reader.num_frames == n
-            frame = reader.read_frame(137)
-            own_count = reader.bytes_read
-    finally:
-        fs.s3.meta.events.unregister("after-call.s3.GetObject", on_get)
-    assert frame.index == 137 and frame.rgb.shape == (72, 96, 3)
-    fetched = sum(served)
-    fraction = fetched / size
-    print(
-        f"\n.sens on S3: {n} frames, {size} bytes; open + read frame 137: {len(served)} GETs, {fetched} bytes ({fraction:.2%})"
-    )
-    assert fetched == own_count  # no read-ahead: S3 served exactly what the reader asked for
-    assert fetched > 0 and fraction < 0.10
+def test_whole_scene_sample_from_s3_is_one_sequential_download(s3_scene):
+    uri, local, fs = s3_scene
+    size = fs.size(filesystem(uri)[1])
+    fs.invalidate_cache()
+    with S3Calls(fs) as calls, SensReader(uri) as reader:
+        assert reader.spooled and reader.index_source == "scan" and reader.num_frames == 240
+        assert reader.invalid_frames == [3, 100]
+        wanted = [int(i) for i in np.flatnonzero(reader.valid)[::8]]
+        frames = reader.read_frames(wanted)
+        streamed = list(reader)
+    # One listing of the folder (size, version, no sidecar) and one GET of the whole object; nothing per frame.
+    assert [op for op, _, _ in calls.calls] == ["ListObjectsV2", "GetObject"]
+    assert calls.gets(".sens") == [("GetObject", "scans/scene0000_00/scene0000_00.sens", None)]
+    assert calls.served == [size]
+    assert reader.bytes_read == size
+    with SensReader(local) as want:
+        assert not want.spooled
+        np.testing.assert_array_equal(reader.poses, want.poses)
+        np.testing.assert_array_equal(reader.timestamps_us, want.timestamps_us)
+        for got in frames:
+            _assert_same_frames(got, want.read_frame(got.index))
+        _assert_same_frames(streamed[100], want.read_frame(100))
+
+
+def test_sidecar_index_makes_random_access_one_request_per_frame(s3_scene):
+    from pipelines.scenes.sens import index_uri
+
+    uri, local, fs = s3_scene
+    with SensReader(uri, write_index=True) as first:
+        assert first.index_source == "scan"
+    assert fs.exists(filesystem(index_uri(uri))[1])
+    wanted = [5, 17, 100, 238]
+    fs.invalidate_cache()
+    with S3Calls(fs) as calls, SensReader(uri) as reader:
+        frames = [reader.read_frame(i) for i in wanted]
+    assert reader.index_source == "sidecar" and not reader.spooled and reader.invalid_frames == [3, 100]
+    frame_gets = calls.gets(".sens")
+    assert len(frame_gets) == len(wanted) and all(r is not None for _, _, r in frame_gets)
+    # Besides one ranged GET per frame, two at open whatever the frame count: the folder listing and the sidecar.
+    assert [c for c in calls.calls if c not in frame_gets] == [
+        ("ListObjectsV2", "", None), ("GetObject", "scans/scene0000_00/scene0000_00.sens.index.npz", None)]
+    with SensReader(local) as want:
+        for name, value in vars(want.header).items():
+            np.testing.assert_array_equal(getattr(reader.header, name), value)
+        np.testing.assert_array_equal(reader.poses, want.poses)
+        np.testing.assert_array_equal(reader.frame_offsets, want.frame_offsets)
+        np.testing.assert_allclose(reader.timestamps_s, want.timestamps_s)
+        for got in frames:
+            _assert_same_frames(got, want.read_frame(got.index))
+        # Each frame's GET carries exactly its colour + depth payloads.
+        assert calls.served[-len(wanted):] == [sum(len(b) for b in want.read_raw(i)) for i in wanted]
+
+
+def test_a_stale_or_corrupt_sidecar_is_ignored_and_rewritten(s3_scene, tmp_path, color_intrinsics,
+                                                             depth_intrinsics):
+    from pipelines.scenes.sens import index_uri
+
+    uri, _, fs = s3_scene
+    SensReader(uri, write_index=True).close()
+    # The scene is re-recorded: another file (fewer frames, other poses) under the same name.
+    other = str(tmp_path / "other.sens")
+    write_sens(other, color_intrinsics, depth_intrinsics, make_frames(20, seed=3, invalid=(7,)), num_frames=20)
+    fs.put_file(other, filesystem(uri)[1])
+    with SensReader(uri, write_index=True) as reader, SensReader(other) as want:
+        assert reader.index_source == "scan" and reader.num_frames == 20 and reader.invalid_frames == [7]
+        _assert_same_frames(reader.read_frame(19), want.read_frame(19))
+    with SensReader(uri) as reader:
+        assert reader.index_source == "sidecar" and reader.num_frames == 20
+    fs.pipe_file(filesystem(index_uri(uri))[1], b"not an npz")
+    with SensReader(uri) as reader:
+        assert reader.index_source == "scan" and reader.num_frames == 20
+
+
+def test_local_sidecar_and_seek_mode_on_s3(s3_scene):
+    from pipelines.scenes.sens import index_uri
+
+    uri, local, fs = s3_scene
+    with SensReader(local, write_index=True) as scanned:
+        want = scanned.read_frame(137)
+    assert os.path.exists(index_uri(local))
+    with SensReader(local) as reader:
+        assert reader.index_source == "sidecar"
+        _assert_same_frames(reader.read_frame(137), want)
+    # Without spooling (spool=False) a file on S3 is read header by header: one small GET per frame at open.
+    with S3Calls(fs) as calls, SensReader(uri, spool=False) as reader:
+        frame = reader.read_frame(137)
+        own_count = reader.bytes_read
+    _assert_same_frames(frame, want)
+    assert len(calls.gets(".sens")) == 4 + 240 + 1  # 4 header fields, one per frame header, the frame
+    assert sum(calls.served) == own_count and own_count < 0.1 * fs.size(filesystem(uri)[1])
 
 
 def _valid_file(tmp_path, color_intrinsics, depth_intrinsics, n: int = 3) -> bytes:

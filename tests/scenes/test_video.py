@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from pipelines.scenes.errors import CorruptDataError, MissingFileError
+from pipelines.scenes.errors import CorruptDataError, MissingFileError, TruncatedFileError
 from pipelines.scenes.video import (
     decode_frames,
     encode_video,
@@ -134,8 +134,9 @@ def test_not_a_video_and_truncated(tmp_path):
     encode_video(str(full), [smooth_rgb(i, 64, 80) for i in range(60)], gop=10)  # faststart: index first
     cut2 = tmp_path / "cut_faststart.mp4"
     cut2.write_bytes(full.read_bytes()[: full.stat().st_size * 2 // 3])
-    with pytest.raises(CorruptDataError, match="cut_faststart.mp4: container declares 60 frames but only"):
-        decode_frames(cut2, [59])
+    for read in (lambda: decode_frames(cut2, [59]), lambda: probe(cut2), lambda: list(iter_frames(cut2))):
+        with pytest.raises(TruncatedFileError, match=r"cut_faststart.mp4: \d+ of the 60 frames .* beyond the end"):
+            read()
     with pytest.raises(MissingFileError, match="absent.mp4"):
         probe(tmp_path / "absent.mp4")
     with pytest.raises(IndexError, match=r"\[0, 17\)"):

@@ -8,9 +8,19 @@ import os
 import numpy as np
 import pytest
 
-from pipelines.scenes.errors import CorruptDataError, FrameCountMismatchError, MissingFileError
+from pipelines.scenes.decode_budget import DecodeBudget
+from pipelines.scenes.errors import (
+    CorruptDataError,
+    DecodeBudgetError,
+    FrameCountMismatchError,
+    FrameSizeMismatchError,
+    MissingFileError,
+    TruncatedFileError,
+    UnsupportedContainerError,
+)
 from pipelines.scenes.video import probe
 from pipelines.scenes.video_layout import VideoSceneReader, match_samples, write_video_scene
+from tests.scenes import video_files as vf
 from tests.scenes.frames import VIDEO_MEAN_ABS_TOL, depth_mm, make_frames
 
 
@@ -90,8 +100,8 @@ def test_bad_input(tmp_path, color_intrinsics, depth_intrinsics):
         VideoSceneReader(str(root))
     (root / "color.mp4").write_bytes(
         b"GIF89a this is not a video at all" * 20
-    )  # FFmpeg demuxes this as a one-frame GIF
-    with pytest.raises(FrameCountMismatchError, match="1 video frames found, manifest says 4"):
+    )  # FFmpeg's gif demuxer would read this as a one-frame video; GIF is not an allowed container
+    with pytest.raises(UnsupportedContainerError, match="color.mp4: not a readable video in an allowed container"):
         VideoSceneReader(str(root))
     (root / "intrinsic_depth.txt").unlink()
     with pytest.raises(MissingFileError, match="intrinsic_depth.txt"):
@@ -107,3 +117,115 @@ def test_writer_rejects_odd_colour_size(tmp_path, depth_intrinsics):
     odd = Intrinsics(np.eye(3), 95, 72)
     with pytest.raises(ValueError, match="95x72 must be even"):
         write_video_scene(str(tmp_path / "x"), odd, depth_intrinsics, make_frames(1))
+
+
+def _scene_with_video(tmp_path, color_intrinsics, depth_intrinsics, video: bytes | None, n: int = 6,
+                      keep_frame_times: bool = True):
+    root = tmp_path / "scene"
+    write_video_scene(str(root), color_intrinsics, depth_intrinsics, make_frames(n), fps=30)
+    if video is not None:
+        (root / "color.mp4").write_bytes(video)
+    if not keep_frame_times:
+        (root / "frame_times.txt").unlink()
+        manifest = json.loads((root / "scene.json").read_text())
+        manifest.pop("num_frames")
+        (root / "scene.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_video_of_another_size_than_declared_is_an_error(tmp_path, color_intrinsics, depth_intrinsics):
+    """96x72 declared, 64x48 in the file: never resized to the declared size (the intrinsics would be wrong)."""
+    root = _scene_with_video(tmp_path, color_intrinsics, depth_intrinsics, vf.mp4(6, 64, 48))
+    reader = VideoSceneReader(str(root))
+    with pytest.raises(FrameSizeMismatchError, match="color.mp4: video frames are 64x48, the scene declares 96x72"):
+        reader.read_frames([0, 5])
+    with pytest.raises(FrameSizeMismatchError, match="64x48"):
+        list(reader)
+
+
+def test_video_shorter_or_longer_than_listed_is_a_count_mismatch(tmp_path, color_intrinsics, depth_intrinsics):
+    root = _scene_with_video(tmp_path, color_intrinsics, depth_intrinsics, vf.mp4(1, 96, 72))
+    reader = VideoSceneReader(str(root))
+    assert reader.num_frames == 6  # the sidecars list 6 frames
+    with pytest.raises(FrameCountMismatchError, match="color.mp4: the video presents 1 frames, 6 are expected"):
+        reader.read_frames([0, 5])
+    with pytest.raises(FrameCountMismatchError, match="video has 1 frames, 6 are listed"):
+        list(reader)
+    (root / "color.mp4").write_bytes(vf.mp4(9, 96, 72))
+    with pytest.raises(FrameCountMismatchError, match="presents 9 frames, 6 are expected"):
+        VideoSceneReader(str(root)).read_frames([0])
+    with pytest.raises(FrameCountMismatchError, match="more frames than the 6 listed"):
+        list(VideoSceneReader(str(root)))
+
+
+def test_edit_list_video_counts_presented_frames(tmp_path, color_intrinsics, depth_intrinsics):
+    video = vf.edit_list_mp4(vf.mp4(9, 96, 72, bframes=2), hide_leading=3)
+    root = _scene_with_video(tmp_path, color_intrinsics, depth_intrinsics, video, keep_frame_times=False)
+    reader = VideoSceneReader(str(root))
+    assert reader.num_frames == 6
+    np.testing.assert_allclose(reader.timestamps_s - reader.timestamps_s[0], np.arange(6) / 30, atol=1e-6)
+    assert [f.index for f in reader.read_frames([5, 0])] == [5, 0] and len(list(reader)) == 6
+
+
+@pytest.mark.parametrize(
+    ("video", "error", "word"),
+    [
+        (vf.ffconcat("../../etc/passwd"), UnsupportedContainerError, "allowed container"),
+        (vf.png(96, 72), UnsupportedContainerError, "allowed container"),
+        (b"", TruncatedFileError, "empty"),
+    ],
+)
+def test_hostile_video_files(tmp_path, color_intrinsics, depth_intrinsics, video, error, word):
+    root = _scene_with_video(tmp_path, color_intrinsics, depth_intrinsics, video)
+    with pytest.raises(error, match=f"color.mp4: .*{word}"):
+        VideoSceneReader(str(root)).read_frames([0])
+    with pytest.raises(error, match=word):
+        _scene_with_video(tmp_path / "b", color_intrinsics, depth_intrinsics, video, keep_frame_times=False)
+        VideoSceneReader(str(tmp_path / "b" / "scene"))
+
+
+def test_decode_budget_reaches_the_reader(tmp_path, color_intrinsics, depth_intrinsics):
+    root = _scene_with_video(tmp_path, color_intrinsics, depth_intrinsics, None)
+    small = DecodeBudget(max_frame_pixels=96 * 72 - 1)
+    with pytest.raises(DecodeBudgetError, match="96x72"):
+        VideoSceneReader(str(root), budget=small).read_frames([0])
+    with pytest.raises(DecodeBudgetError, match="96x72"):
+        list(VideoSceneReader(str(root), budget=small))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("video", "../other/color.mp4"),
+        ("video", "/etc/passwd"),
+        ("video", "s3://bucket/x.mp4::file:///etc/passwd"),
+        ("video", ".."),
+        ("video", ["color.mp4"]),
+        ("color_size", [0, 72]),
+        ("color_size", [96]),
+        ("color_size", ["96", "72"]),
+        ("color_size", [96.5, 72]),
+        ("depth_size", [1e400, 36]),
+        ("num_frames", -1),
+        ("num_frames", "six"),
+        ("num_samples", True),
+        ("fps", 0),
+        ("fps", float("nan")),
+        ("sync_tolerance_s", "inf"),
+    ],
+)
+def test_hostile_manifest_values_are_corrupt_data(tmp_path, color_intrinsics, depth_intrinsics, field, value):
+    root = _scene_with_video(tmp_path, color_intrinsics, depth_intrinsics, None)
+    manifest = json.loads((root / "scene.json").read_text())
+    manifest[field] = value
+    (root / "scene.json").write_text(json.dumps(manifest))
+    with pytest.raises(CorruptDataError, match="scene.json"):
+        VideoSceneReader(str(root))
+
+
+def test_bad_frame_times_are_corrupt_data(tmp_path, color_intrinsics, depth_intrinsics):
+    root = _scene_with_video(tmp_path, color_intrinsics, depth_intrinsics, None)
+    for text in ("0 0.1 0.1 0.2 0.3 0.4", "0 nan 0.1 0.2 0.3 0.4", "0 0.2 0.1 0.3 0.4 0.5"):
+        (root / "frame_times.txt").write_text(text)
+        with pytest.raises(CorruptDataError, match="frame_times.txt: frame times must be finite"):
+            VideoSceneReader(str(root))

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from pipelines.serve.config import AutoscalingSettings, ModelDeploymentSettings, ServeConfig
+from pipelines.serve.config import AutoscalingConfig, ModelDeploymentConfig, ServeConfig
 from tests.serve.conftest import deploy, undeploy
 
 pytestmark = pytest.mark.slow
@@ -44,7 +44,7 @@ def auth_app(serve_http, tiny_checkpoint, tmp_path_factory):
     # One encoding of the tiny model is ~16 kB; 20 kB holds exactly one scene, so a second scene evicts the first.
     cfg = ServeConfig.tiny(
         str(tiny_checkpoint), auth_token_env=TOKEN_ENV,
-        model=ModelDeploymentSettings(num_gpus=0.0, num_cpus=0.5, max_ongoing_requests=8, max_queued_requests=32,
+        model=ModelDeploymentConfig(num_gpus=0.0, num_cpus=0.5, max_ongoing_requests=8, max_queued_requests=32,
                                       max_batch_size=8, batch_wait_timeout_s=0.05, cache_bytes=20_000),
     )
     url = deploy(serve_http, "auth", cfg, ingress_env={TOKEN_ENV: TOKEN})
@@ -102,9 +102,9 @@ def test_concurrent_questions_are_batched(auth_app, clips):
 def test_overload_sheds_with_503_and_retry_after(serve_http, tiny_checkpoint, clips):
     cfg = ServeConfig.tiny(
         str(tiny_checkpoint),
-        model=ModelDeploymentSettings(num_gpus=0.0, num_cpus=0.5, max_ongoing_requests=1, max_queued_requests=1,
+        model=ModelDeploymentConfig(num_gpus=0.0, num_cpus=0.5, max_ongoing_requests=1, max_queued_requests=1,
                                       max_batch_size=1, retry_after_s=3.0,
-                                      autoscaling=AutoscalingSettings(min_replicas=1, max_replicas=1)),
+                                      autoscaling=AutoscalingConfig(min_replicas=1, max_replicas=1)),
         limits={"num_frames": 4, "max_new_tokens": 48},
     )
     url = deploy(serve_http, "overload", cfg)
@@ -134,12 +134,12 @@ def test_overload_sheds_with_503_and_retry_after(serve_http, tiny_checkpoint, cl
 
 
 def test_autoscaling_up_under_load_and_back_down(serve_http, tiny_checkpoint, clips):
-    autoscaling = AutoscalingSettings(min_replicas=1, max_replicas=2, target_ongoing_requests=1.0,
+    autoscaling = AutoscalingConfig(min_replicas=1, max_replicas=2, target_ongoing_requests=1.0,
                                       upscale_delay_s=1.0, downscale_delay_s=3.0, look_back_period_s=2.0,
                                       metrics_interval_s=0.5)
     cfg = ServeConfig.tiny(
         str(tiny_checkpoint),
-        model=ModelDeploymentSettings(num_gpus=0.0, num_cpus=0.5, max_ongoing_requests=4, max_queued_requests=64,
+        model=ModelDeploymentConfig(num_gpus=0.0, num_cpus=0.5, max_ongoing_requests=4, max_queued_requests=64,
                                       max_batch_size=1, autoscaling=autoscaling),
         limits={"num_frames": 4, "max_new_tokens": 24},
     )

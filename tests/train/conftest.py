@@ -38,7 +38,7 @@ def mlflow_server(tmp_path_factory):
             wait_for_http(uri + "/health", timeout_s=120)
             yield uri
         finally:
-            proc.terminate()  # SIGTERM to the parent stops uvicorn and its workers (stack notes §6)
+            proc.terminate()  # SIGTERM to the parent stops uvicorn and its workers
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:

@@ -16,7 +16,8 @@ import torch
 from pipelines.train.checkpointing import checkpoint_dir_name
 from pipelines.train.config import resolve_config
 from pipelines.train.launch import run_training
-from pipelines.train.loop import FAULT_MARKER, read_step_logs
+from pipelines.train.progress import read_step_logs
+from pipelines.train.trainer import FAULT_MARKER
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +45,7 @@ def _check_mlflow(result, stage: int, zero: int, manifest: str, parent: str | No
 
     client = MlflowClient(result.tracking_uri, registry_uri=result.tracking_uri)
     run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
     assert run.data.params["deepspeed.zero_stage"] == str(zero)
     assert run.data.params["stage"] == str(stage)
     assert run.data.tags["stage"] == str(stage)
@@ -53,12 +55,12 @@ def _check_mlflow(result, stage: int, zero: int, manifest: str, parent: str | No
         assert run.data.tags["parent_run_id"] == parent
     history = client.get_metric_history(result.run_id, "loss")
     assert sorted(m.step for m in history) == list(range(STEPS))
-    assert run.data.metrics["samples_per_s"] > 0
+    assert run.data.metrics["samples_per_s"] > 0 and run.data.metrics["eta_s"] == 0.0
     if stage == 2:
         assert run.data.metrics["tokens_per_s"] > 0
     version = client.get_model_version(f"vidllm-z{zero}-s{stage}", result.model_version)
     assert version.run_id == result.run_id
-    assert "model" in {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"model/MLmodel", "model/artifacts"} <= {a.path for a in client.list_artifacts(result.run_id, "model")}
 
 
 def _answer(model_dir: str) -> list[str]:
@@ -92,11 +94,10 @@ def test_stage1_then_stage2(ray_session, train_manifest, tmp_path, request, zero
     assert {"config.json", "model.safetensors", "train_config.json", "tokenizer.json"} <= set(os.listdir(exported))
     assert json.loads((exported / "train_config.json").read_text())["stage"] == 2
     if store == "server":  # the registered version resolves and downloads through the registry
-        from pipelines.train.loop import resolve_init_dir
+        from pipelines.artifacts import resolve_model
 
-        (tmp_path / "dl").mkdir()
-        exported = Path(resolve_init_dir(f"models:/vidllm-z{zero}-s2/{r2.model_version}", r2.tracking_uri,
-                                         str(tmp_path / "dl")))
+        exported = Path(resolve_model(f"models:/vidllm-z{zero}-s2/{r2.model_version}", r2.tracking_uri,
+                                      str(tmp_path / "dl")).local_dir)
     answers = _answer(str(exported))
     assert len(answers) == 1 and isinstance(answers[0], str)
 
@@ -140,16 +141,15 @@ def test_worker_killed_midrun_resumes_from_last_complete_checkpoint(ray_session,
     assert (out / "model" / "model.safetensors").is_file()
     assert decoy.is_dir() and not (decoy / "COMPLETE.json").exists()
 
-    # The offline route (zero_to_fp32 over the final checkpoint's ZeRO shards) gives the same weights as the
-    # in-run export.
-    from model import VidLLM, build_tokenizer
-    from pipelines.train.checkpointing import DS_SUBDIR, DS_TAG
-    from pipelines.train.export import export_from_checkpoint
+    # The offline route (python -m pipelines.train.export: zero_to_fp32 over the final checkpoint's ZeRO shards)
+    # gives the same weights as the in-run export.
+    from model import VidLLM
+    from pipelines.train.export import main as export_main
 
     model = VidLLM.from_pretrained(str(out / "model"))
-    final = tmp_path / "ray" / "faulty" / checkpoint_dir_name(7) / DS_SUBDIR
-    export_from_checkpoint(str(final), DS_TAG, model.vidllm_config.to_dict(), build_tokenizer(model.vidllm_config),
-                           cfg, str(tmp_path / "offline"))
+    final = tmp_path / "ray" / "faulty" / checkpoint_dir_name(7)
+    assert export_main(["--checkpoint", str(final), "--run-config", str(out / "train_config.json"),
+                        "--dest", str(tmp_path / "offline")]) == 0
     offline = VidLLM.from_pretrained(str(tmp_path / "offline")).state_dict()
     for key, value in model.state_dict().items():
         assert torch.equal(offline[key], value), key

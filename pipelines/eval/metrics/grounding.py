@@ -10,6 +10,12 @@
   (``zt_w_d``, ``zt_wo_d``, ``st_w_d``, ``st_wo_d``, ``mt``) and over all queries.
 
 A query with no prediction counts as a miss (IoU 0 / no predicted boxes), so scores are over the ground truth.
+
+**Proposal protocol** (:func:`snap_to_proposals`): the paper scores ScanRefer with Mask3D proposals. Our model
+regresses boxes (the ``<loc>`` box head); each predicted box is replaced by the proposal it overlaps most, and when it
+overlaps none, by the proposal whose centre is nearest to its centre (a box at the right place but of the wrong size
+still selects the object there). The box head's scores rank the predicted boxes, not the proposals, so scoring
+proposals directly would need the model to score arbitrary boxes, which it does not; snapping needs only its output.
 """
 
 from __future__ import annotations
@@ -69,6 +75,27 @@ def scanrefer_accuracy(
             row[f"acc@{threshold_key(k)}"] = 100.0 * float((iou_arr[mask] >= k).mean()) if count else 0.0
         out[name] = row
     return out
+
+
+def snap_to_proposals(pred_boxes: np.ndarray, proposals: np.ndarray) -> np.ndarray:
+    """The proposal chosen for each predicted box: the highest IoU, else (no overlap at all) the nearest centre.
+
+    Args:
+        pred_boxes: ``[P, 6]`` predicted centre+size boxes.
+        proposals: ``[N, 6]`` proposal boxes in the same frame.
+
+    Returns:
+        ``[P]`` int64 indices into ``proposals`` (ties: the first proposal); empty when ``P == 0`` or ``N == 0``.
+    """
+    pred = as_boxes(pred_boxes, "pred_boxes")
+    props = as_boxes(proposals, "proposals")
+    if pred.shape[0] == 0 or props.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    iou = box_iou_matrix(pred, props)
+    dist = np.linalg.norm(pred[:, None, :3] - props[None, :, :3], axis=-1)
+    best = np.argmax(iou, axis=1)
+    overlaps = iou[np.arange(pred.shape[0]), best] > 0
+    return np.where(overlaps, best, np.argmin(dist, axis=1)).astype(np.int64)
 
 
 def match_f1(pred_boxes: np.ndarray, gt_boxes: np.ndarray, threshold: float) -> float:

@@ -21,6 +21,20 @@ and answer, then exact match; refined EM as above on the cleaned strings. :func:
 4. numbers to words (whole words): 0 and none -> zero, 1..20 -> one..twenty, 23 -> twenty-three;
 5. a word with one trailing digit loses it (``mat2`` -> ``mat``); the articles a/an/the before a word are removed;
    backwards -> backward.
+
+**Question families** (per-family EM, e.g. for a learning benchmark whose families must each beat the answer prior):
+an annotation's own ``family`` field wins, else a ``question_type`` other than ``"N/A"``; without either,
+:func:`question_family` applies a template rule to the question text (first match, lower-cased):
+
+=====================  ===================================================================================
+``counting``           starts with "how many"
+``colour``             "what color" / "what colour" / "what is the color|colour"
+``existence``          starts with "is there" / "are there"
+``size``               "bigger", "smaller", "larger", "taller", "shorter", "biggest", "smallest", "largest"
+``relative_position``  "next to", "left", "right", "behind", "in front", "above", "below", "under", "near",
+                       "beside", "between", "closest", "nearest", "on top"
+``other``              anything else
+=====================  ===================================================================================
 """
 
 from __future__ import annotations
@@ -75,6 +89,15 @@ _RULES = tuple(
 )
 
 SQA3D_QUESTION_TYPES: tuple[str, ...] = ("what", "is", "how", "can", "which", "other")
+QUESTION_FAMILIES: tuple[str, ...] = ("counting", "colour", "existence", "size", "relative_position", "other")
+_FAMILY_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("counting", re.compile(r"^how many\b")),
+    ("colour", re.compile(r"\bwhat (is the )?colou?r\b")),
+    ("existence", re.compile(r"^(is|are) there\b")),
+    ("size", re.compile(r"\b(bigger|smaller|larger|taller|shorter|biggest|smallest|largest)\b")),
+    ("relative_position", re.compile(
+        r"\b(next to|left|right|behind|in front|above|below|under|near|beside|between|closest|nearest|on top)\b")),
+)
 
 
 def clean_answer(text: str) -> str:
@@ -124,6 +147,15 @@ def sqa3d_question_type(question: str) -> str:
     for qtype in SQA3D_QUESTION_TYPES[:-1]:
         if q.startswith(qtype):
             return qtype
+    return "other"
+
+
+def question_family(question: str) -> str:
+    """The template family of a question (see the module docstring); ``"other"`` when no rule matches."""
+    q = " ".join(question.lower().split())
+    for family, pattern in _FAMILY_RULES:
+        if pattern.search(q):
+            return family
     return "other"
 
 

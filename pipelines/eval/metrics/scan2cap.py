@@ -1,16 +1,22 @@
 """Scan2Cap dense-captioning metrics ``m@kIoU`` (official ``daveredrum/Scan2Cap`` ``lib/eval_helper.py``).
 
 For **every ground-truth object** of the evaluated split, the candidate caption is the caption of the predicted
-box that overlaps it most, if that IoU passes ``k``; otherwise (no box in the scene, or too little overlap) it is
-the placeholder ``"sos eos"``. References are all descriptions of the object. Every caption is tokenised (see
+box matched to it (see *Matching*), if their IoU passes ``k``; otherwise (no box in the scene, no box matched, or
+too little overlap) it is the placeholder ``"sos eos"``. References are all descriptions of the object. Every caption is tokenised (see
 :mod:`pipelines.eval.metrics.captions`) and wrapped as ``"sos <tokens> eos"``; CIDEr, BLEU-4, METEOR and ROUGE-L are
 computed over all ground-truth objects at each ``k``, so a missed object costs as much as a wrong caption.
 
+**Matching** follows the official evaluator: each predicted box (a proposal) is assigned to one ground-truth object
+and an object is captioned only by a box assigned to it. The official ``feed_scene_cap`` assigns proposals with
+VoteNet's ``object_assignment`` (nearest object centre) and keeps the last passing one; without votes we assign each
+box to the object it overlaps most (ties: the first object), and an object keeps its highest-IoU box (ties: the
+first box), as Chat-Scene's ``prepare_scan2cap_annos.py`` pairs Mask3D proposals with objects. So two boxes on one
+object caption it once (the better box), and one box covering two objects captions only the object it overlaps
+most; the other gets the placeholder. Only the objects being scored compete for boxes.
+
 The IoU comparison is configurable: the official code uses ``iou > k`` (``strict=True``), Chat-Scene and GPT4Scene
 use ``iou >= k``. We default to ``>=`` so that Acc@k, F1@k and m@kIoU share one threshold rule; the two differ only
-for an IoU exactly equal to ``k``. The official evaluator assigns each proposal to its best ground-truth object; we
-pick, for each object, its best-overlapping predicted box (ties: the first), which is the same assignment whenever
-no two objects compete for one proposal.
+for an IoU exactly equal to ``k``.
 """
 
 from __future__ import annotations
@@ -69,19 +75,31 @@ def assign_captions(
         predictions: scene_id -> captioned predicted boxes in the same frame.
         threshold: IoU threshold ``k``.
         strict: compare ``iou > k`` (official) instead of ``iou >= k``.
+
+    Returns:
+        ``{(scene_id, object_id): caption or None}``, with the box-to-object matching of the module docstring.
     """
     out: dict[tuple[str, int], str | None] = {}
+    per_scene: dict[str, list[tuple[str, int]]] = {}
     for key in objects:
         if key not in gt_boxes:
             raise KeyError(f"no ground-truth box for scene {key[0]!r} object {key[1]}")
-        pred = predictions.get(key[0])
+        per_scene.setdefault(key[0], []).append(key)
+    for scene_id, keys in per_scene.items():
+        pred = predictions.get(scene_id)
         if pred is None or pred.boxes.shape[0] == 0:
-            out[key] = None
+            out.update(dict.fromkeys(keys))
             continue
-        iou = box_iou_matrix(pred.boxes, as_boxes(gt_boxes[key]))[:, 0]
-        best = int(np.argmax(iou))
-        ok = iou[best] > threshold if strict else iou[best] >= threshold
-        out[key] = pred.captions[best] if ok else None
+        iou = box_iou_matrix(pred.boxes, np.stack([as_boxes(gt_boxes[k])[0] for k in keys]))  # [P, G]
+        owner = np.argmax(iou, axis=1)  # each box's object
+        for g, key in enumerate(keys):
+            mine = np.flatnonzero(owner == g)
+            if mine.size == 0:
+                out[key] = None
+                continue
+            best = int(mine[np.argmax(iou[mine, g])])
+            ok = iou[best, g] > threshold if strict else iou[best, g] >= threshold
+            out[key] = pred.captions[best] if ok else None
     return out
 
 

@@ -1,0 +1,392 @@
+"""The training loop as named steps (torchtitan ``Trainer`` style): build, restore, step, metrics, report,
+checkpoint, export.
+
+:meth:`Trainer.fit` is the whole loop; every step is a method that can be called (and tested) on its own with a
+real DeepSpeed engine in one process. Ray Train only supplies the :class:`WorkerContext` (rank, world size, device,
+checkpoint storage) and runs :func:`pipelines.train.loop.train_loop_per_worker`, which builds a trainer and fits.
+
+Training policy comes from the config only: what trains (``cfg.freeze`` glob patterns) and the loss weights
+(``cfg.loss``) are set by the stage presets of :mod:`pipelines.train.config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from pipelines import storage
+from pipelines.train.checkpointing import TrainState, find_latest_complete, load_checkpoint, save_checkpoint
+from pipelines.train.config import MODEL_ARTIFACT_FIELDS, TrainConfig
+from pipelines.train.data import Collator, iter_batches, load_shards, plan_rank, steps_per_epoch
+from pipelines.train.deepspeed_config import build_deepspeed_config, use_bf16
+from pipelines.train.progress import ProgressLine, StepLog
+
+logger = logging.getLogger(__name__)
+
+FAULT_MARKER = "fault_injected.json"
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """Where this rank runs (Ray Train's worker context, or a test's single process).
+
+    Attributes:
+        rank: data-parallel rank.
+        world: number of ranks.
+        device: this rank's torch device.
+        checkpoint_fs: pyarrow filesystem of the run's checkpoint directory (``None``: no checkpoints, no resume).
+        checkpoint_path: the run's checkpoint directory in ``checkpoint_fs``.
+    """
+
+    rank: int
+    world: int
+    device: torch.device
+    checkpoint_fs: Any = None
+    checkpoint_path: str = ""
+
+
+@dataclass(frozen=True)
+class TrackingContext:
+    """How rank 0 reaches MLflow (resolved by the driver, :mod:`pipelines.train.launch`).
+
+    Attributes:
+        tracking_uri: MLflow tracking URI.
+        tags: run tags (stage, manifest, parent run).
+        artifact_location: experiment artifact root for a local store (``None``: the server's).
+    """
+
+    tracking_uri: str
+    tags: dict[str, str] = field(default_factory=dict)
+    artifact_location: str | None = None
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one optimizer step did on this rank (before the metrics are reduced over ranks).
+
+    Attributes:
+        loss: mean total loss over the step's micro-batches.
+        terms: mean of every loss term over the micro-batches.
+        samples: samples seen.
+        tokens: non-padding text tokens seen.
+        position: the data position after the step (resume point).
+    """
+
+    loss: float
+    terms: dict[str, float]
+    samples: int
+    tokens: int
+    position: TrainState
+
+
+def skip_shm_comm_build() -> None:
+    """Mark DeepSpeed's ``deepspeed_shm_comm`` op as unavailable before DeepSpeed's comm backend starts.
+
+    Why: on CPU, DeepSpeed's ``TorchBackend`` JIT-compiles this shared-memory all-reduce op (~90 s on 2 cores) on
+    first use whenever g++ exists, even though gloo does the communication (training is identical without it).
+    DeepSpeed reads ``deepspeed.ops.__compatible_ops__`` to decide, and exposes no config switch, so we set that
+    entry. The op only speeds up intra-node CPU all-reduce; GPU runs never use it.
+    """
+    from deepspeed import ops as ds_ops
+
+    ds_ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def warmup_cosine(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
+    """LR multiplier: linear 0->1 over ``warmup`` steps, then cosine 1->``min_ratio`` until ``total``."""
+
+    def factor(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        span = max(1, total - warmup)
+        progress = min(1.0, (step - warmup) / span)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters only (frozen ones never reach the optimizer); no decay on biases and norms (1-D)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def localize_model_paths(model: dict[str, Any], cache_dir: str = "") -> dict[str, Any]:
+    """The model tree with every artifact field (:data:`MODEL_ARTIFACT_FIELDS`) that holds a URI replaced by a
+    local directory (downloaded once per node by :mod:`pipelines.artifacts`); local paths are kept."""
+    from pipelines.artifacts import is_local, local_dir
+
+    tree = json.loads(json.dumps(model))
+    for dotted in MODEL_ARTIFACT_FIELDS:
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        value = node.get(leaf) if isinstance(node, dict) else None
+        if value and not is_local(value):
+            node[leaf] = local_dir(value, cache_dir, flag=f"model.{dotted}")
+    return tree
+
+
+def build_model(cfg: TrainConfig, tracking_uri: str):
+    """``(model, tokenizer)``: random init from ``cfg.model`` (seeded by ``data.seed``, the same on every rank),
+    or the trained model named by ``init_from`` (any :mod:`pipelines.artifacts` URI) with the tokenizer saved
+    next to its weights."""
+    from model import VidLLM, VidLLMConfig, build_tokenizer
+    from pipelines.artifacts import load_tokenizer, resolve_model
+
+    if cfg.init_from:
+        checkpoint = resolve_model(cfg.init_from, tracking_uri, flag="init_from").local_dir
+        model = VidLLM.from_pretrained(checkpoint)
+        return model, load_tokenizer(checkpoint, model.vidllm_config)
+    torch.manual_seed(cfg.data.seed)
+    model = VidLLM(VidLLMConfig.from_dict(localize_model_paths(cfg.model)))
+    return model, build_tokenizer(model.vidllm_config)
+
+
+class TrainingModule(torch.nn.Module):
+    """The module DeepSpeed wraps: model forward + loss, returning only tensors ``(total, stacked terms)``.
+
+    Why a wrapper: ZeRO-3 fetches a module's partitioned parameters again in backward through hooks that it attaches
+    to the tensors a module returns, and it finds tensors only in tensors, tuples, lists and dicts. Vid-LLM's
+    components return dataclasses (``EncoderOutput``, ``VidLLMOutput``, ...), which DeepSpeed cannot see into
+    ("A module has unknown inputs or outputs type"), and backward then fails ("active_backward_submodules is
+    empty"). Under ZeRO-3 this wrapper is therefore marked as a ZeRO-3 *leaf* (:func:`prepare_for_zero3`): its
+    parameters are gathered once per forward/backward instead of module by module; optimizer states, gradients and
+    parameters at rest stay partitioned. (Gathering per sub-module needs dict-like model outputs, e.g.
+    ``transformers.utils.ModelOutput``.)
+
+    ``frames`` is a separate tensor argument because DeepSpeed reduces a leaf's gradients in a full backward hook,
+    which PyTorch fires once the gradients w.r.t. the module's tensor inputs exist. With no input requiring grad it
+    fires before any parameter gradient is computed (DeepSpeed then zero-fills and partitions them, and the real
+    gradients no longer fit). Under ZeRO-3 the loop passes ``frames`` with ``requires_grad=True``: the hook then
+    fires at the very end of backward. The price is backpropagating to the pixels through a frozen encoder.
+    """
+
+    def __init__(self, model: torch.nn.Module, loss_fn: Callable) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+        self.term_names: list[str] = []
+
+    def forward(self, frames: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = dataclasses.replace(batch, frames=frames)
+        loss, terms = self.loss_fn(self.model(batch), batch)
+        self.term_names = sorted(terms)
+        stacked = torch.stack([terms[k].float() for k in self.term_names]) if terms else loss.new_zeros(0)
+        return loss, stacked
+
+
+def prepare_for_zero3(module: TrainingModule) -> None:
+    """Mark the training wrapper as a ZeRO-3 leaf module (see :class:`TrainingModule` for why)."""
+    from deepspeed.utils.z3_leaf_module import set_z3_leaf_modules_by_name
+
+    set_z3_leaf_modules_by_name(module, [""])
+
+
+class Trainer:
+    """One rank's training run.
+
+    Args:
+        cfg: the resolved training config.
+        ctx: where this rank runs.
+        tracking: MLflow settings resolved by the driver.
+    """
+
+    def __init__(self, cfg: TrainConfig, ctx: WorkerContext, tracking: TrackingContext) -> None:
+        self.cfg, self.ctx, self.tracking = cfg, ctx, tracking
+        self.zero3 = cfg.deepspeed.zero_stage == 3
+        self.dtype = torch.bfloat16 if use_bf16(cfg, ctx.device.type == "cuda") else None
+        self.tracker = self.step_log = self.progress = None
+
+    # ---------------------------------------------------------------------------------------------- build
+    def build(self) -> Trainer:
+        """Model and tokenizer, freezing, data plan, optimizer and schedule, loss, DeepSpeed engine."""
+        import deepspeed
+
+        from model.freezing import apply_freezing
+        from model.losses import MultitaskLoss
+        from pipelines.tracking import bound_http_retries
+
+        cfg, ctx = self.cfg, self.ctx
+        skip_shm_comm_build()
+        bound_http_retries()
+        self.model, self.tokenizer = build_model(cfg, self.tracking.tracking_uri)
+        self.param_counts = apply_freezing(self.model, cfg.freeze.trainable, cfg.freeze.frozen)
+        self.shards = load_shards(cfg.data.manifest_uri)
+        self.accum = cfg.deepspeed.grad_accum_steps
+        self.steps_per_epoch = steps_per_epoch(self.shards, ctx.world, cfg.data.micro_batch_size, self.accum)
+        self.total_steps = cfg.schedule.max_steps or self.steps_per_epoch * cfg.schedule.num_epochs
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+                                           betas=cfg.optim.betas)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(cfg.optim.warmup_steps, self.total_steps, cfg.optim.min_lr_ratio))
+        self.module = TrainingModule(self.model, MultitaskLoss(cfg.loss))
+        if self.zero3:
+            prepare_for_zero3(self.module)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=self.module, optimizer=self.optimizer, lr_scheduler=self.scheduler,
+            config=build_deepspeed_config(cfg, ctx.world, ctx.device.type == "cuda"), dist_init_required=False)
+        return self
+
+    # ---------------------------------------------------------------------------------------------- state
+    def restore(self) -> TrainState | None:
+        """Load the latest complete checkpoint of the run into the engine (``None``: a fresh start)."""
+        if self.ctx.checkpoint_fs is None:
+            return None
+        found = find_latest_complete(self.ctx.checkpoint_fs, self.ctx.checkpoint_path)
+        if found is None:
+            return None
+        state = load_checkpoint(self.engine, self.ctx.checkpoint_fs, found[1])
+        logger.warning("rank %d resumed from %s (step %d)", self.ctx.rank, found[1], state.step)
+        return state
+
+    def micro_batches(self, state: TrainState) -> Iterator[tuple[int, int, Any]]:
+        """``(epoch, micro_in_epoch_after, batch)`` forever from ``state``'s data position, epoch after epoch."""
+        cfg, ctx = self.cfg, self.ctx
+        per_epoch = self.steps_per_epoch * self.accum
+        epoch, skip = state.epoch, state.micro_in_epoch
+        while True:
+            plan = plan_rank(self.shards, ctx.rank, ctx.world, epoch, cfg.data.seed, cfg.data.shuffle_shards)
+            collator = Collator(cfg.data, cfg.stage, self.tokenizer, epoch)
+            for i, batch in enumerate(iter_batches(plan, collator, cfg.data.micro_batch_size, per_epoch, skip)):
+                yield epoch, skip + i + 1, batch
+            epoch, skip = epoch + 1, 0
+
+    # ---------------------------------------------------------------------------------------------- step
+    def train_step(self, batches: Iterator[tuple[int, int, Any]]) -> StepResult:
+        """One optimizer step: ``grad_accum_steps`` micro-batches forward, backward and (DeepSpeed) step."""
+        losses: list[float] = []
+        terms: dict[str, float] = {}
+        samples = tokens = 0
+        epoch = micro = 0
+        for _ in range(self.accum):
+            epoch, micro, batch = next(batches)
+            batch = batch.to(self.ctx.device, dtype=self.dtype)
+            frames = batch.frames.requires_grad_(self.zero3)  # see TrainingModule for why
+            loss, stacked = self.engine(frames, batch)
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(float(loss.detach()))
+            for k, v in zip(self.module.term_names, stacked.tolist(), strict=True):
+                terms[k] = terms.get(k, 0.0) + v / self.accum
+            samples += batch.frames.shape[0]
+            tokens += int(batch.attention_mask.sum()) if batch.attention_mask is not None else 0
+        if micro == self.steps_per_epoch * self.accum:
+            epoch, micro = epoch + 1, 0
+        return StepResult(sum(losses) / self.accum, terms, samples, tokens, TrainState(-1, epoch, micro))
+
+    def step_metrics(self, result: StepResult, seconds: float) -> dict[str, float]:
+        """The step's metrics over all ranks (mean loss, total throughput; loss terms are this rank's)."""
+        import torch.distributed as dist
+
+        stats = torch.tensor([result.loss, result.samples, result.tokens], dtype=torch.float64,
+                             device=self.ctx.device)
+        dist.all_reduce(stats)
+        return {"loss": stats[0].item() / self.ctx.world, "lr": self.scheduler.get_last_lr()[0],
+                "step_time_s": seconds, "samples_per_s": stats[1].item() / seconds,
+                "tokens_per_s": stats[2].item() / seconds, "epoch": result.position.epoch,
+                **{f"loss_{k}": v for k, v in result.terms.items()}}
+
+    # ---------------------------------------------------------------------------------------------- report
+    def start_reporting(self, resumed: TrainState | None) -> None:
+        """Rank 0: create (or re-attach to) the MLflow run, open this attempt's step log and progress line."""
+        if self.ctx.rank != 0:
+            return
+        from pipelines.tracking import flatten_params
+        from pipelines.train.tracking import Tracker
+
+        cfg = self.cfg
+        tags = {**self.tracking.tags, "trainable_params": str(self.param_counts["trainable"]),
+                "frozen_params": str(self.param_counts["frozen"])}
+        self.tracker = Tracker(self.tracking.tracking_uri, cfg.tracking.experiment, cfg.run.output_dir,
+                               params=flatten_params(cfg.to_dict()), tags=tags,
+                               artifact_location=self.tracking.artifact_location,
+                               retry_initial_s=cfg.tracking.retry_initial_s, retry_max_s=cfg.tracking.retry_max_s,
+                               max_buffered_metrics=cfg.tracking.max_buffered_metrics)
+        self.tracker.start()
+        self.step_log = StepLog(cfg.run.output_dir, resumed.step if resumed else None)
+        self.step_log.flush()
+        self.progress = ProgressLine(cfg.stage, self.total_steps, resumed.step + 1 if resumed else 0)
+
+    def report(self, step: int, metrics: dict[str, float]) -> None:
+        """Rank 0: the progress line, the step log and (every ``log_every`` steps) MLflow, with the ETA."""
+        if self.ctx.rank != 0:
+            return
+        metrics = {**metrics, "eta_s": self.progress.eta_s(step)}
+        self.progress.update(step, metrics)
+        self.step_log.add({"step": step, **metrics})
+        if step % self.cfg.schedule.log_every == 0 or step == self.total_steps - 1:
+            self.tracker.log_metrics(metrics, step)
+            self.step_log.flush()
+
+    def finish_reporting(self, last_step: int) -> None:
+        if self.ctx.rank != 0:
+            return
+        self.step_log.add({"event": "end", "step": last_step})
+        self.step_log.flush()
+        self.tracker.close()
+
+    # ---------------------------------------------------------------------------------------------- checkpoint
+    def should_checkpoint(self, step: int) -> bool:
+        return (step + 1) % self.cfg.schedule.checkpoint_every == 0 or step == self.total_steps - 1
+
+    def checkpoint(self, step: int, position: TrainState, metrics: dict[str, float]) -> None:
+        """Save a checkpoint of every rank through Ray Train (collective; rank 0 writes the marker last)."""
+        if self.ctx.rank == 0:
+            self.step_log.flush()
+        save_checkpoint(self.engine, dataclasses.replace(position, step=step), {"step": step, **metrics})
+
+    def inject_fault(self, step: int) -> None:
+        """``cfg.fault``: SIGKILL this worker process once, at the configured rank and step (tests)."""
+        f = self.cfg.fault
+        if f.kill_at_step < 0 or self.ctx.rank != f.kill_rank or step != f.kill_at_step:
+            return
+        marker = storage.join(self.cfg.run.output_dir, FAULT_MARKER)
+        if storage.exists(marker):
+            return
+        storage.write_bytes(marker, json.dumps({"rank": self.ctx.rank, "step": step, "pid": os.getpid()}).encode())
+        logger.warning("fault injection: rank %d SIGKILLs itself (pid %d) at step %d", self.ctx.rank, os.getpid(),
+                       step)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    # ---------------------------------------------------------------------------------------------- export
+    def export(self) -> str:
+        """Gather the weights and write the HF-layout export to ``<output_dir>/model`` (collective)."""
+        from pipelines.train.export import export_model
+
+        return export_model(self.engine.module.model, self.tokenizer, self.cfg, self.ctx.rank)
+
+    # ---------------------------------------------------------------------------------------------- the loop
+    def fit(self) -> None:
+        """Restore, then step until ``total_steps`` with reporting and checkpoints, then export."""
+        import torch.distributed as dist
+
+        resumed = self.restore()
+        state = resumed or TrainState(step=-1, epoch=0, micro_in_epoch=0)
+        self.start_reporting(resumed)
+        batches = self.micro_batches(state)
+        step = state.step + 1
+        while step < self.total_steps:
+            self.inject_fault(step)
+            started = time.perf_counter()
+            result = self.train_step(batches)
+            metrics = self.step_metrics(result, time.perf_counter() - started)
+            self.report(step, metrics)
+            if self.should_checkpoint(step):
+                self.checkpoint(step, result.position, metrics)
+            step += 1
+        self.export()
+        self.finish_reporting(step - 1)
+        dist.barrier()
