@@ -18,7 +18,10 @@ Streaming uses the ``webdataset`` library's tar expander and key grouping over f
 (:func:`pipelines.manifest.webdataset_pipeline`), so shards on S3 stream without local copies.
 
 Stage 2 language targets: per sample one task is drawn from ``data.task_mix`` among the tasks the clip has
-annotations for, with a generator seeded by ``(seed, epoch, sample key)`` (deterministic across restarts).
+annotations for, with a generator seeded by ``(seed, epoch, sample key)`` (deterministic across restarts). A clip
+with no annotation for any task of the mix (a scene without a question of the chosen kind) still trains its
+geometry: its text is the bare ``<scene>`` prompt with no label, so the LM loss skips it, and the trainer counts
+such samples (``samples_without_language``). One unannotated clip does not stop a run, and no clip is dropped.
 Annotation sets are recognised by their entry fields (the benchmark formats): entries with ``question`` and
 ``answers`` are QA (asked after their ``situation``, when they have one: SQA3D); entries with ``description`` and ``object_id`` (one object) give captioning and grounding;
 entries with ``description`` and ``object_ids`` give (multi-target) grounding.
@@ -262,15 +265,18 @@ class Collator:
         return VidLLMBatch(**fields)
 
     def _language(self, samples: Sequence[TrainingSample]) -> dict[str, torch.Tensor]:
-        from model.tokenizer import encode_example
+        from model.tokenizer import SCENE_TOKEN, encode_example, prompt_pieces
 
         tok = self.tokenizer
         ids, labels, boxes = [], [], []
         for s in samples:
             ex = pick_example(s, self.cfg.task_mix, self.cfg.seed, self.epoch)
             if ex is None:
-                raise DataError(f"sample {s.key}: no annotation for any task in data.task_mix "
-                                f"{dict(self.cfg.task_mix)}")
+                i = sum(prompt_pieces(tok, SCENE_TOKEN)[:3], [])  # geometry only: no text target (module docstring)
+                ids.append(i)
+                labels.append([-100] * len(i))
+                boxes.append(np.zeros((0, 6), np.float32))
+                continue
             try:
                 i, lab = encode_example(tok, ex.prompt, ex.answer, self.cfg.max_text_tokens)
             except ValueError as err:

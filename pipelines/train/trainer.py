@@ -79,6 +79,7 @@ class StepResult:
         terms: mean of every loss term over the micro-batches.
         samples: samples seen.
         tokens: non-padding text tokens seen.
+        without_language: samples with no text target (no annotation for the task mix; geometry only).
         position: the data position after the step (resume point).
     """
 
@@ -86,6 +87,7 @@ class StepResult:
     terms: dict[str, float]
     samples: int
     tokens: int
+    without_language: int
     position: TrainState
 
 
@@ -269,7 +271,7 @@ class Trainer:
         """One optimizer step: ``grad_accum_steps`` micro-batches forward, backward and (DeepSpeed) step."""
         losses: list[float] = []
         terms: dict[str, float] = {}
-        samples = tokens = 0
+        samples = tokens = without_language = 0
         epoch = micro = 0
         for _ in range(self.accum):
             epoch, micro, batch = next(batches)
@@ -283,20 +285,25 @@ class Trainer:
                 terms[k] = terms.get(k, 0.0) + v / self.accum
             samples += batch.frames.shape[0]
             tokens += int(batch.attention_mask.sum()) if batch.attention_mask is not None else 0
+            if batch.labels is not None:
+                without_language += int((~(batch.labels != -100).any(dim=1)).sum())
         if micro == self.steps_per_epoch * self.accum:
             epoch, micro = epoch + 1, 0
-        return StepResult(sum(losses) / self.accum, terms, samples, tokens, TrainState(-1, epoch, micro))
+        return StepResult(sum(losses) / self.accum, terms, samples, tokens, without_language,
+                          TrainState(-1, epoch, micro))
 
     def step_metrics(self, result: StepResult, seconds: float) -> dict[str, float]:
-        """The step's metrics over all ranks (mean loss, total throughput; loss terms are this rank's)."""
+        """The step's metrics over all ranks (mean loss, total throughput, samples without a text target; loss
+        terms are this rank's)."""
         import torch.distributed as dist
 
-        stats = torch.tensor([result.loss, result.samples, result.tokens], dtype=torch.float64,
-                             device=self.ctx.device)
+        stats = torch.tensor([result.loss, result.samples, result.tokens, result.without_language],
+                             dtype=torch.float64, device=self.ctx.device)
         dist.all_reduce(stats)
         return {"loss": stats[0].item() / self.ctx.world, "lr": self.scheduler.get_last_lr()[0],
                 "step_time_s": seconds, "samples_per_s": stats[1].item() / seconds,
-                "tokens_per_s": stats[2].item() / seconds, "epoch": result.position.epoch,
+                "tokens_per_s": stats[2].item() / seconds, "samples_without_language": stats[3].item(),
+                "epoch": result.position.epoch,
                 **{f"loss_{k}": v for k, v in result.terms.items()}}
 
     # ---------------------------------------------------------------------------------------------- report

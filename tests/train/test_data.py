@@ -156,3 +156,22 @@ def test_situated_questions_are_asked_in_their_situation(train_manifest):
     prompts = sorted(e.prompt for e in language_candidates(sample)["qa"])
     assert prompts == ["<scene> question: How many chairs are in the room? answer:",
                        "<scene> question: I am facing the bed. Is the desk on my left or on my right? answer:"]
+
+
+def test_a_clip_without_annotation_for_the_task_mix_trains_geometry_only(train_manifest, tokenizer):
+    """A scene with no question of the chosen kind must not stop the run: its clip keeps its geometry, no text target."""
+    import dataclasses
+
+    from model.tokenizer import SCENE_TOKEN
+    from pipelines.schema import decode_training_sample
+
+    samples = [decode_training_sample(r) for r in _raw(train_manifest, 3)]
+    samples[1] = dataclasses.replace(samples[1], annotations={"scanrefer": samples[1].annotations.get("scanrefer", [])})
+    assert not language_candidates(samples[1])["qa"] and language_candidates(samples[0])["qa"]
+    cfg = DataConfig(task_mix={"qa": 1.0}, max_text_tokens=64)
+    text = Collator(cfg, stage=2, tokenizer=tokenizer)._language(samples)
+    supervised = (text["labels"] != -100).any(dim=1)
+    assert supervised.tolist() == [True, False, True]
+    row = text["input_ids"][1][text["attention_mask"][1].bool()]
+    assert tokenizer.convert_tokens_to_ids(SCENE_TOKEN) in row.tolist() and len(row) <= 3  # the bare <scene> prompt
+    assert not text["box_mask"][1].any()
