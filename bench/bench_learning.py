@@ -182,7 +182,7 @@ def make_data(out: str, size: Size, train_seed: int, heldout_seed: int, progress
     with progress.step(f"ingest-{tag}", "ingest: scenes -> clip shards (Ray Data)"):
         for split, clips in (("train", size.clips_per_scene), ("heldout", 1)):
             config = IngestConfig(frames_per_clip=size.frames_per_clip, min_valid_frames=size.frames_per_clip,
-                                  clips_per_scene=clips, short_side=size.short_side, target_shard_bytes=4 * 1024**2)
+                                  clips_per_scene=clips, resize_to=size.short_side, target_shard_bytes=4 * 1024**2)
             scenes = where[f"{split}_scenes"]
             run_ingest(scenes, where[f"{split}_clips"], config, annotations_uri=os.path.join(scenes, "annotations"))
     with progress.step(f"teachers-{tag}", "teachers: training clips -> training shards (Ray Data)"):
@@ -233,7 +233,7 @@ def model_config(variant: str, encoder_path: str = "") -> dict:
     """
     from model import VidLLMConfig
     from model.adapter import AdapterConfig
-    from model.config import FreezingConfig, GroundingConfig, LLMConfig, VLBranchConfig, _llama_arch
+    from model.config import GroundingConfig, LLMConfig, VLBranchConfig, _llama_arch
     from model.encoder import EncoderConfig
     from model.metric_depth import MetricDepthConfig
     from model.reconstruction import ReconstructionConfig
@@ -251,7 +251,7 @@ def model_config(variant: str, encoder_path: str = "") -> dict:
             encoder=dataclasses.replace(encoder, pretrained_path=encoder_path),
             adapter=AdapterConfig(dim=dim, num_bridge_tokens=4, num_heads=6, mlp_ratio=2),
             reconstruction=ReconstructionConfig(
-                dim=dim, depth=2, num_heads=6, num_register_tokens=2, camera_trunk_depth=1, camera_num_heads=6,
+                dim=dim, num_layers=2, num_heads=6, num_register_tokens=2, camera_num_layers=1, camera_num_heads=6,
                 num_camera_iterations=2, dpt_features=32, dpt_out_channels=(24, 48, 96, 96),
                 dpt_layer_indices=(0, 0, 1, 1), frames_chunk_size=0),
             metric_depth=MetricDepthConfig(dim=dim, num_bins=16, features=32, out_channels=(24, 48, 96, 96),
@@ -259,8 +259,6 @@ def model_config(variant: str, encoder_path: str = "") -> dict:
             llm=LLMConfig.word_level(**_llama_arch(128, 3, 4, 2, 256, max_position_embeddings=512)),
             vl=VLBranchConfig(voxel_size_m=0.2, max_tokens=256, pos_hidden=64),
             grounding=GroundingConfig(dim=64, num_queries=4, num_heads=4, num_layers=1),
-            # The teachers are random stand-ins: distilling them into the real encoder would only erase it.
-            freezing=FreezingConfig(stage1_trainable=("adapter.*", "distill.*")),
         )
     else:
         cfg.vl = dataclasses.replace(cfg.vl, max_tokens=256)  # the tiny preset's 64 drops half a clip's voxels
@@ -281,10 +279,12 @@ def train_config(out: str, size: Size, args, run: str, variant: str, stage: int,
 
     base = tiny(stage)
     steps = size.stage1_steps if stage == 1 else size.stage2_steps
-    # Without grounding in the benchmark, a few grounding examples still keep every clip trainable: a scene may
-    # lack a question of the chosen families, and a clip with no example for the task mix stops the collator.
-    task_mix = {"qa": 1.0, "grounding": 1.0 if size.grounding else 0.05}
-    weights = {"metric_depth": 0.0} if variant == "no_metric_depth" and stage == 2 else {}
+    task_mix = {"qa": 1.0, "grounding": 1.0} if size.grounding else {"qa": 1.0}
+    loss = dataclasses.replace(base.loss, metric_depth=0.0) if variant == "no_metric_depth" else base.loss
+    freeze = base.freeze
+    if stage == 1 and args.encoder:
+        # The teachers are random stand-ins: distilling them into the real encoder would only erase it.
+        freeze = dataclasses.replace(freeze, trainable=("adapter.*", "distill.*"))
     return dataclasses.replace(
         base,
         model=model_config(variant, args.encoder) if stage == 1 else {},
@@ -292,10 +292,13 @@ def train_config(out: str, size: Size, args, run: str, variant: str, stage: int,
         data=dataclasses.replace(base.data, manifest_uri=mf.manifest_uri(shards), micro_batch_size=size.micro_batch,
                                  task_mix=task_mix, max_text_tokens=96),
         optim=dataclasses.replace(base.optim, lr=size.lr, warmup_steps=max(1, steps // 20)),
-        # Intermediate checkpoints: on a shared machine a worker may be killed (memory), and Ray Train resumes.
-        schedule=dataclasses.replace(base.schedule, max_steps=steps, checkpoint_every=max(1, steps // 4),
+        # Intermediate checkpoints on long runs: on a shared machine a worker may be killed (memory), and Ray Train
+        # resumes from the last one; the quick run keeps only the final one (each save costs seconds).
+        schedule=dataclasses.replace(base.schedule, max_steps=steps,
+                                     checkpoint_every=steps if args.quick else max(1, steps // 4),
                                      log_every=max(1, steps // 20)),
-        loss=dataclasses.replace(base.loss, weights=weights),
+        loss=loss,
+        freeze=freeze,
         tracking=dataclasses.replace(base.tracking, tracking_uri=tracking_uri(out), experiment=EXPERIMENT,
                                      registered_model=f"bench-{run}-stage{stage}"),
         run=dataclasses.replace(base.run, name=f"bench-{run}-stage{stage}", storage_path=os.path.join(out, "ray"),
@@ -362,31 +365,21 @@ def scanqa_records(scenes_root: str) -> list[dict]:
     return records
 
 
-def qa_by_family(eval_out: str, heldout: Sequence[dict]) -> dict[str, dict]:
-    """ScanQA EM (ScanQA protocol) of a run's predictions, per question family and overall."""
-    from pipelines.eval.metrics.qa import exact_match_scores
-    from pipelines.eval.predictions import load_predictions
-
-    answers = {p.question_id: p.answer for p in load_predictions(os.path.join(eval_out, "predictions",
-                                                                               "predictions.jsonl"))
-               if p.task == "scanqa"}
-    scores = exact_match_scores([answers.get(r["question_id"], "") for r in heldout], [r["answers"] for r in heldout],
-                                normalize=False, groups=[r["question_type"] for r in heldout])
-    out = {family: {"em": v["em"], "count": v["count"]} for family, v in scores["by_group"].items()}
-    out["all"] = {"em": scores["em"], "count": scores["count"]}
-    return out
-
-
-def run_metrics(run: dict, heldout: Sequence[dict]) -> dict:
+def run_metrics(run: dict) -> dict:
+    """The held-out figures of one run, from the evaluation's ``results.json`` (ScanQA EM per question family: the
+    eval's ``by_family``, which reads the records' ``question_type``; grounding under the ``free_form`` protocol)."""
     with open(os.path.join(run["eval_out"], "results.json")) as f:
         results = json.load(f)
-    metrics: dict[str, Any] = {"qa": qa_by_family(run["eval_out"], heldout)}
+    qa = results["scanqa"]
+    metrics: dict[str, Any] = {"qa": {family: {"em": v["em"], "count": v["count"]}
+                                      for family, v in qa["by_family"].items()}}
+    metrics["qa"]["all"] = {"em": qa["em"], "count": qa["count"]}
     if "scanrefer" in results:
-        ref = results["scanrefer"]
+        ref = results["scanrefer"]["free_form"]
         metrics["grounding"] = {"unique": ref["unique"]["acc@0.25"], "multiple": ref["multiple"]["acc@0.25"],
                                 "overall": ref["overall"]["acc@0.25"], "count": ref["overall"]["count"],
                                 "mean_iou": ref["mean_iou"],
-                                "multi3drefer_f1": results["multi3drefer"]["overall"]["f1@0.25"]}
+                                "multi3drefer_f1": results["multi3drefer"]["free_form"]["overall"]["f1@0.25"]}
     rec = results["reconstruction"]
     metrics["reconstruction"] = {"abs_rel": rec["depth"]["abs_rel"], "delta1": rec["depth"]["delta1"],
                                  "rra30": rec["pose"]["rra@30"], "rta30": rec["pose"]["rta@30"]}
@@ -574,10 +567,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             seeds = (args.train_seed + k, args.heldout_seed + k)
             data = make_data(out, size, *seeds, progress, tag=f"s{k}")
             data0 = data0 or data
-            heldout = scanqa_records(data["heldout_scenes"])
             for variant in size.variants if k == 0 else ("full", "blind"):
                 run = train_and_evaluate(out, size, args, f"{variant}-s{k}", variant, data, progress)
-                run.update(seed_index=k, seeds=seeds, metrics=run_metrics(run, heldout))
+                run.update(seed_index=k, seeds=seeds, metrics=run_metrics(run))
                 runs.append(run)
         with progress.step("analysis", "chance levels, constant-depth baseline, grounding ceiling"):
             chance = chance_levels(scanqa_records(data0["train_scenes"]), scanqa_records(data0["heldout_scenes"]))
