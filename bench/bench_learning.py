@@ -99,8 +99,8 @@ SIZES = {
     "default": Size(train_scenes=48, heldout_scenes=16, frames_per_scene=34, frames_per_clip=8, clips_per_scene=4,
                     short_side=56, stage1_steps=20, stage2_steps=1200, micro_batch=4, lr=3e-3,
                     class_probability=0.5, families=QUESTION_FAMILIES, variants=VARIANTS, noise_seeds=1, grounding=True),
-    "quick": Size(train_scenes=24, heldout_scenes=8, frames_per_scene=26, frames_per_clip=8, clips_per_scene=2,
-                  short_side=56, stage1_steps=4, stage2_steps=300, micro_batch=4, lr=3e-3,
+    "quick": Size(train_scenes=32, heldout_scenes=12, frames_per_scene=26, frames_per_clip=8, clips_per_scene=2,
+                  short_side=56, stage1_steps=2, stage2_steps=150, micro_batch=4, lr=3e-3,
                   class_probability=0.5, families=("color",), variants=("full", "blind"), noise_seeds=0, grounding=False),
 }
 
@@ -120,10 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
         elif field.name in ("families", "variants"):
             p.add_argument(flag, help=f"comma-separated override of the size's {field.name}")
     p.add_argument("--grounding", choices=("on", "off"), help="train and score grounding (default: the size's)")
-    weights = os.environ.get(WEIGHTS_DIR_ENV)
-    p.add_argument("--encoder", default=os.path.join(weights, "dinov2-small") if weights else "",
-                   help="local HF folder of the DINOv2-S encoder (`vidllm weights install`; default: "
-                   f"${WEIGHTS_DIR_ENV}/dinov2-small when {WEIGHTS_DIR_ENV} is set); empty: the tiny random ViT")
+    p.add_argument("--encoder", default=None,
+                   help="local HF folder of the DINOv2-S encoder (`vidllm weights install`); empty: the tiny random "
+                   f"ViT. Default: ${WEIGHTS_DIR_ENV}/dinov2-small when {WEIGHTS_DIR_ENV} is set, else the tiny ViT; "
+                   "--quick always defaults to the tiny ViT (it runs in CI, where no weights are installed)")
     p.add_argument("--num-workers", type=int, default=2, help="Ray Train workers (DeepSpeed ranks) per stage")
     p.add_argument("--num-cpus", type=int, default=0, help="CPUs of the local Ray instance (0 = all)")
     p.add_argument("--gpu", action="store_true", help="train and evaluate on GPUs (one per worker / actor)")
@@ -539,6 +539,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         size = resolve_size(args)
+        if args.encoder is None:
+            weights = os.environ.get(WEIGHTS_DIR_ENV)
+            args.encoder = os.path.join(weights, "dinov2-small") if weights and not args.quick else ""
         out = os.path.abspath(args.out or ("bench_learning_out_quick" if args.quick else "bench_learning_out"))
         if args.encoder and not os.path.isfile(os.path.join(args.encoder, "config.json")):
             raise ValueError(f"--encoder {args.encoder}: no config.json (install the weights with "

@@ -77,6 +77,24 @@ def test_cli_writes_a_local_dataset_and_skips_on_rerun(tmp_path):
     assert again.returncode == 0 and again.stdout.count("complete, skipped") == 2
 
 
+def test_cli_family_and_situated_flags_choose_the_annotations_written(tmp_path):
+    """``--question-families`` and ``--no-situated`` are config aliases: only colour questions, empty SQA3D files."""
+    out = tmp_path / "ds"
+    result = _cli("--scenes", "2", "--out", str(out), "--seed", "3", "--frames", "6", "--layouts", "sens",
+                  "--question-families", "color", "--no-situated", "--class-probability", "0.9")
+    assert result.returncode == 0, result.stderr
+    records = read_scanqa(benchmark_paths(str(out / "annotations"), "train")["scanqa"])
+    assert records and {r.question_type for r in records} == {"color"}
+    sqa = json.loads((out / "annotations" / "sqa_task" / "balanced"
+                      / "v1_balanced_questions_train_scannetv2.json").read_text())
+    assert sqa["questions"] == []
+    config = json.loads((out / "annotations" / "synthetic_manifest.json").read_text())["config"]
+    assert config["question_families"] == ["color"] and config["situated_questions"] is False
+    assert config["class_probability"] == 0.9
+    bad = _cli("--scenes", "1", "--out", str(tmp_path / "bad"), "--question-families", "colour")
+    assert bad.returncode == 2 and "question_families" in bad.stderr
+
+
 @pytest.mark.slow
 def test_cli_writes_to_s3(s3_bucket):
     root = f"{s3_bucket}/synthetic"
