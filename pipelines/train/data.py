@@ -20,7 +20,7 @@ Streaming uses the ``webdataset`` library's tar expander and key grouping over f
 Stage 2 language targets: per sample one task is drawn from ``data.task_mix`` among the tasks the clip has
 annotations for, with a generator seeded by ``(seed, epoch, sample key)`` (deterministic across restarts). A clip
 with no annotation for any task of the mix (a scene without a question of the chosen kind) still trains its
-geometry: its text is the bare ``<scene>`` prompt with no label, so the LM loss skips it, and the trainer counts
+geometry: its text is ``<scene>`` and EOS with no label, so the LM loss skips it, and the trainer counts
 such samples (``samples_without_language``). One unannotated clip does not stop a run, and no clip is dropped.
 Annotation sets are recognised by their entry fields (the benchmark formats): entries with ``question`` and
 ``answers`` are QA (asked after their ``situation``, when they have one: SQA3D); entries with ``description`` and ``object_id`` (one object) give captioning and grounding;
@@ -272,7 +272,9 @@ class Collator:
         for s in samples:
             ex = pick_example(s, self.cfg.task_mix, self.cfg.seed, self.epoch)
             if ex is None:
-                i = sum(prompt_pieces(tok, SCENE_TOKEN)[:3], [])  # geometry only: no text target (module docstring)
+                # Geometry only (module docstring): ``<scene>`` and EOS, no label. EOS keeps a text token in the row
+                # when the scene has no token at all (the blind baseline), so no row of the LM input is empty.
+                i = sum(prompt_pieces(tok, SCENE_TOKEN)[:3], []) + [tok.eos_token_id]
                 ids.append(i)
                 labels.append([-100] * len(i))
                 boxes.append(np.zeros((0, 6), np.float32))

@@ -173,5 +173,28 @@ def test_a_clip_without_annotation_for_the_task_mix_trains_geometry_only(train_m
     supervised = (text["labels"] != -100).any(dim=1)
     assert supervised.tolist() == [True, False, True]
     row = text["input_ids"][1][text["attention_mask"][1].bool()]
-    assert tokenizer.convert_tokens_to_ids(SCENE_TOKEN) in row.tolist() and len(row) <= 3  # the bare <scene> prompt
+    assert tokenizer.convert_tokens_to_ids(SCENE_TOKEN) in row.tolist() and row[-1] == tokenizer.eos_token_id
     assert not text["box_mask"][1].any()
+
+
+def test_a_batch_without_any_text_target_trains_the_blind_model(train_manifest, tokenizer):
+    """The blind baseline has no scene token: an unannotated clip must still leave a non-empty LM row (seen in the
+    learning benchmark: a micro-batch of such clips gave the LM a zero-length input)."""
+    import dataclasses
+
+    from model import VidLLM, VidLLMConfig
+    from model.losses import MultitaskLoss
+    from pipelines.schema import decode_training_sample
+    from pipelines.train.config import tiny
+
+    raw = _raw(train_manifest, 2)
+    cfg = DataConfig(task_mix={"qa": 1.0}, max_text_tokens=64)
+    collator = Collator(cfg, stage=2, tokenizer=tokenizer)
+    unannotated = [dataclasses.replace(decode_training_sample(r), annotations={}) for r in raw]
+    batch = dataclasses.replace(collator(raw), **collator._language(unannotated))
+    assert not (batch.labels != -100).any()
+    model_cfg = VidLLMConfig.tiny()
+    model_cfg.vl = dataclasses.replace(model_cfg.vl, blind=True)
+    torch.manual_seed(0)
+    loss, terms = MultitaskLoss(tiny(2).loss)(VidLLM(model_cfg)(batch), batch)
+    assert torch.isfinite(loss) and float(terms["lm"]) == 0.0 and float(terms["depth"]) != 0.0
