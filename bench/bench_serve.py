@@ -65,7 +65,7 @@ def make_clip(path: Path, seed: int, num_frames: int = 24) -> bytes:
 
 
 def tiny_export(root: Path, clip: bytes, image_size: int, num_frames: int, max_new_tokens: int) -> str:
-    """The tiny random Vid-LLM at ``image_size`` pixels, saved with its tokenizer.
+    """The tiny random Vid-LLM at ``image_size`` pixels, saved with its processor (tokenizer + processor config).
 
     The tiny preset's 28 px make the encoder unrealistically cheap next to the LLM (understating what the scene
     cache saves), and many random initialisations emit EOS first, which would make every answer a single decoder
@@ -74,24 +74,25 @@ def tiny_export(root: Path, clip: bytes, image_size: int, num_frames: int, max_n
     """
     import torch
 
-    from model import VidLLM, VidLLMConfig, build_tokenizer
+    from model import VidLLM, VidLLMConfig, VidLLMProcessor
 
     cfg = VidLLMConfig.tiny()
     cfg.encoder.dinov2["image_size"] = image_size
-    tok = build_tokenizer(cfg)
+    processor = VidLLMProcessor.from_config(cfg)
     limits = app_config("unused", 1, max_new_tokens, num_frames).limits
     sampled = sample_clip(clip, SamplingSpec(num_frames, image_size, image_size), limits).frames
-    frames = torch.from_numpy(sampled[None]).permute(0, 1, 4, 2, 3).float() / 255
+    frames = processor.frames_to_tensor(sampled[None])
     for seed in range(50):
         torch.manual_seed(seed)
         model = VidLLM(cfg).eval()
         with torch.inference_mode():
-            answer = model.answer(model.encode_scene(frames), [QUESTION], tok, max_new_tokens=max_new_tokens)[0]
-        if len(tok(answer)["input_ids"]) >= max_new_tokens // 2:
+            answer = model.answer(model.encode_scene(frames), [QUESTION], processor,
+                                  max_new_tokens=max_new_tokens)[0]
+        if len(processor.tokenizer(answer)["input_ids"]) >= max_new_tokens // 2:
             break
     out = root / "vidllm-tiny"
     model.save_pretrained(out)
-    tok.save_pretrained(str(out))
+    processor.save_pretrained(out)
     print(f"tiny model: seed {seed}, {image_size} px, answer {answer!r}", flush=True)
     return str(out)
 
@@ -130,23 +131,23 @@ def app_config(model: str, max_batch_size: int, max_new_tokens: int, num_frames:
 def bench_overhead(url: str, session, sid: str, model_dir: str, clip: bytes, args) -> None:
     import torch
 
-    from pipelines.artifacts import load_model_and_tokenizer, resolve_model
+    from pipelines.artifacts import load_model_and_processor, resolve_model
 
     torch.set_num_threads(1)  # as in a replica with num_cpus <= 1
-    model, tok = load_model_and_tokenizer(resolve_model(model_dir).local_dir, "cpu")
+    model, processor = load_model_and_processor(resolve_model(model_dir).local_dir, "cpu")
     size = int(model.vidllm_config.encoder.dinov2["image_size"])
     cfg = app_config(model_dir, 1, args.max_new_tokens, args.num_frames)
     frames = sample_clip(clip, SamplingSpec(args.num_frames, size, size), cfg.limits).frames
     with torch.inference_mode():
-        enc = model.encode_scene(torch.from_numpy(frames[None]).permute(0, 1, 4, 2, 3).float() / 255)
+        enc = model.encode_scene(processor.frames_to_tensor(frames[None]))
     direct, http = [], []
     for _ in range(5):
-        model.answer(enc, [QUESTION], tok, max_new_tokens=args.max_new_tokens)
+        model.answer(enc, [QUESTION], processor, max_new_tokens=args.max_new_tokens)
         session.post(f"{url}/v1/scenes/{sid}/answer", json={"question": QUESTION}, timeout=60)
     for _ in range(args.requests):
         t = time.perf_counter()
         with torch.inference_mode():
-            model.answer(enc, [QUESTION], tok, max_new_tokens=args.max_new_tokens)
+            model.answer(enc, [QUESTION], processor, max_new_tokens=args.max_new_tokens)
         direct.append((time.perf_counter() - t) * 1000)
         t = time.perf_counter()
         r = session.post(f"{url}/v1/scenes/{sid}/answer", json={"question": QUESTION}, timeout=60)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_model
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from model.adapter import CrossTaskAdapter
@@ -41,6 +41,8 @@ from model.tokenizer import LOC_TOKEN, SCENE_TOKEN, caption_prompt, grounding_pr
 from model.vl_branch import VLBranch
 
 WEIGHTS_NAME = "model.safetensors"
+#: transformers' sharded layout: ``{"metadata": {...}, "weight_map": {tensor name: shard file}}``.
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 
 
 class VidLLMHFConfig(PretrainedConfig):
@@ -315,7 +317,8 @@ class VidLLM(PreTrainedModel):
                         device_map: str | int | torch.device | dict | None = None,
                         device: str | torch.device | None = None, **kwargs) -> VidLLM:
         """Load a checkpoint written by :meth:`save_pretrained` from a local directory (strict: every tensor must
-        be present and no extra one), in eval mode. ``transformers.AutoModel.from_pretrained`` lands here once
+        be present and no extra one), in eval mode. The weights are ``model.safetensors`` or shards listed by
+        ``model.safetensors.index.json`` (transformers' sharded layout, as the training export writes them). ``transformers.AutoModel.from_pretrained`` lands here once
         :func:`register_auto_classes` has run.
 
         Args:
@@ -333,7 +336,8 @@ class VidLLM(PreTrainedModel):
                 have no meaning for a local directory, are accepted and ignored; anything else is an error.
 
         Raises:
-            FileNotFoundError: the directory lacks ``config.json`` or ``model.safetensors``.
+            FileNotFoundError: the directory lacks ``config.json``, or both ``model.safetensors`` and the index, or
+                a shard the index names.
             TypeError: an unknown keyword argument or positional model argument.
             ValueError: conflicting ``dtype``/``torch_dtype`` or ``device``/``device_map``, a multi-device map,
                 an unknown dtype, or a config that is not Vid-LLM's.
@@ -343,9 +347,9 @@ class VidLLM(PreTrainedModel):
         if unknown or model_args:
             raise TypeError(f"VidLLM.from_pretrained got unexpected arguments {unknown or list(model_args)}")
         path = Path(pretrained_model_name_or_path) / subfolder
-        for name in ("config.json", WEIGHTS_NAME):
-            if not (path / name).is_file():
-                raise FileNotFoundError(f"Vid-LLM checkpoint {path} has no {name}")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"Vid-LLM checkpoint {path} has no config.json")
+        weight_files = _weight_files(path)
         if config is None:
             data = json.loads((path / "config.json").read_text())
             if "vidllm" not in data:
@@ -355,12 +359,10 @@ class VidLLM(PreTrainedModel):
             vidllm = config.vidllm
         else:
             raise ValueError(f"VidLLM.from_pretrained: config must be a VidLLMHFConfig, got {type(config).__name__}")
-        target_dtype = _resolve_dtype(dtype, torch_dtype, path / WEIGHTS_NAME)
+        target_dtype = _resolve_dtype(dtype, torch_dtype, weight_files[0])
         target_device = _resolve_device(device_map, device)
         model = cls(VidLLMConfig.from_dict(vidllm))
-        missing, unexpected = load_model(model, str(path / WEIGHTS_NAME), strict=True)
-        if missing or unexpected:
-            raise ValueError(f"{path / WEIGHTS_NAME}: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+        _load_weights(model, weight_files)
         model.to(device=target_device, dtype=target_dtype)
         model.eval()
         return model
@@ -371,6 +373,38 @@ _IGNORED_LOAD_KWARGS = frozenset({
     "cache_dir", "force_download", "local_files_only", "proxies", "revision", "token", "trust_remote_code",
     "_from_auto", "adapter_kwargs", "code_revision",
 })
+
+
+def _weight_files(path: Path) -> list[Path]:
+    """The weight files of checkpoint ``path``: ``model.safetensors``, or the shards its index lists, in order."""
+    if (path / WEIGHTS_NAME).is_file():
+        return [path / WEIGHTS_NAME]
+    index = path / WEIGHTS_INDEX_NAME
+    if not index.is_file():
+        raise FileNotFoundError(f"Vid-LLM checkpoint {path} has no {WEIGHTS_NAME} nor {WEIGHTS_INDEX_NAME}")
+    files = [path / name for name in dict.fromkeys(json.loads(index.read_text())["weight_map"].values())]
+    for file in files:
+        if not file.is_file():
+            raise FileNotFoundError(f"Vid-LLM checkpoint {path}: {WEIGHTS_INDEX_NAME} names {file.name}, absent")
+    return files
+
+
+def _load_weights(model: torch.nn.Module, files: list[Path]) -> None:
+    """Load ``files`` into ``model`` one at a time (strict over all of them). A tied tensor may be stored under
+    one of its names only (as ``safetensors.torch.save_model`` and the training export do)."""
+    expected = model.state_dict()
+    loaded: set[str] = set()
+    for file in files:
+        part = load_file(str(file))
+        unexpected = sorted(set(part) - set(expected))
+        if unexpected:
+            raise ValueError(f"{file}: unexpected tensors {unexpected}")
+        model.load_state_dict(part, strict=False)
+        loaded |= set(part)
+    storages = {expected[n].untyped_storage().data_ptr() for n in loaded}
+    missing = sorted(n for n in expected if n not in loaded and expected[n].untyped_storage().data_ptr() not in storages)
+    if missing:
+        raise ValueError(f"{files[0].parent}: missing tensors {missing}")
 
 
 def _resolve_dtype(dtype: torch.dtype | str | None, torch_dtype: torch.dtype | str | None,

@@ -9,7 +9,8 @@ teacher folders):
   resolves it (an alias to its current version) and the version's artifacts are downloaded into the cache;
 * ``runs:/<run_id>/<path>``, or ``mlflow-run:<run_id>`` for the ``model`` artifact of a training run.
 
-A model checkpoint is the HF-layout directory (``config.json`` + ``model.safetensors`` + tokenizer files); a
+A model checkpoint is the HF-layout directory (``config.json`` + ``model.safetensors`` + the processor: tokenizer
+files and ``processor_config.json``, loaded together by :func:`load_model_and_processor`); a
 registered version is an MLflow pyfunc model that holds it under ``artifacts/`` (:mod:`pipelines.serve.pyfunc`), so
 the checkpoint is the one directory of the download that holds ``config.json``.
 
@@ -287,16 +288,47 @@ def load_tokenizer(checkpoint: str | os.PathLike, vidllm_config):
     return tokenizer
 
 
-def load_model_and_tokenizer(checkpoint: str | os.PathLike, device: str = "cpu"):
-    """``(VidLLM in eval mode on device, tokenizer)`` from a local checkpoint directory (see :func:`load_tokenizer`).
+def load_processor(checkpoint: str | os.PathLike, vidllm_config):
+    """The :class:`model.processor.VidLLMProcessor` of a local checkpoint directory for ``vidllm_config``.
+
+    Exports hold ``processor_config.json`` (:meth:`VidLLMProcessor.save_pretrained`) next to the weights; it must
+    agree with the model config (patch size, chat template). An export without one (written before the processor
+    existed) gets the processor its config describes around :func:`load_tokenizer`'s tokenizer.
 
     Raises:
-        ValueError: the saved tokenizer's ``<scene>``/``<loc>`` ids disagree with the model config.
+        ValueError: the saved tokenizer or processor settings disagree with the model config.
+    """
+    from model import VidLLMProcessor
+    from model.processor import PROCESSOR_CONFIG_NAME
+
+    processor = VidLLMProcessor.from_config(vidllm_config, tokenizer=load_tokenizer(checkpoint, vidllm_config))
+    saved_file = os.path.join(str(checkpoint), PROCESSOR_CONFIG_NAME)
+    if os.path.isfile(saved_file):
+        with open(saved_file) as f:
+            saved = json.load(f)
+        found = (int(saved.get("patch_size", -1)), bool(saved.get("use_chat_template")))
+        if found != (processor.patch_size, processor.use_chat_template):
+            raise ValueError(f"{saved_file}: patch size {found[0]}, use_chat_template={found[1]}; the model config "
+                             f"has {processor.patch_size} and {processor.use_chat_template}")
+    return processor
+
+
+def load_model_and_processor(checkpoint: str | os.PathLike, device: str = "cpu", dtype: str | None = None):
+    """``(VidLLM in eval mode on device, its VidLLMProcessor)`` from a local checkpoint directory.
+
+    Args:
+        checkpoint: the export directory (``config.json``, weights, tokenizer, ``processor_config.json``).
+        device: torch device.
+        dtype: weight dtype name (``"bfloat16"``, ``"float32"``); ``None``: fp32. Geometry stays fp32 either way
+            (:mod:`model.precision`).
+
+    Raises:
+        ValueError: the saved tokenizer or processor settings disagree with the model config.
     """
     from model import VidLLM
 
-    model = VidLLM.from_pretrained(str(checkpoint)).to(device).eval()
-    return model, load_tokenizer(checkpoint, model.vidllm_config)
+    model = VidLLM.from_pretrained(str(checkpoint), dtype=dtype, device=device)
+    return model, load_processor(checkpoint, model.vidllm_config)
 
 
 def read_model_config(uri: str, tracking_uri: str | None = None, flag: str = "init_from") -> dict:

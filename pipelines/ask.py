@@ -5,9 +5,17 @@
     vidllm ask room.mp4 --caption 0.4 0.1 2.0 0.5 0.9 0.5 --model exports/vidllm --json
 
 No Ray and no server: the video is sampled exactly as the HTTP endpoint samples it (``num_frames`` frames,
-uniformly, centre-cropped and resized to the model's input size; :func:`pipelines.serve.video_input.sample_clip`),
-so the same video and model give the same answer here and over HTTP. Boxes are axis-aligned, ``centre`` + full
-``size`` in metres in the scene's first-camera frame (OpenCV axes: x right, y down, z forward).
+uniformly, centre-cropped and resized to the model's input size; :func:`pipelines.serve.video_input.sample_clip`)
+and prompted through the checkpoint's own processor (prompt and chat template, :class:`model.VidLLMProcessor`),
+so the same video, model and frame size give the same answer here and over HTTP. Boxes are axis-aligned,
+``centre`` + full ``size`` in metres in the scene's first-camera frame (OpenCV axes: x right, y down, z forward).
+
+What a local file may be (:func:`local_limits`): the endpoint's per-request limits guard a server shared by many
+clients (upload size, duration, a 4K frame size, 30 s of decoding); here the video is the user's own file on the
+user's own machine, so any length, any decode time and frames up to 8K (7680x4320) are read. Containers are still
+opened through the same allow-list (MP4/MOV family, Matroska/WebM), which keeps FFmpeg from following playlists to
+other files. A video needs at least 2 frames (one view reconstructs nothing); with fewer distinct frames than
+``--num-frames`` the sampled frames repeat, as over HTTP.
 
 ``--out scene.ply`` writes the reconstruction with the boxes in one binary little-endian PLY file:
 
@@ -84,7 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="grounded boxes printed, best first (default 5)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="longest answer or caption, tokens (default 32)")
     p.add_argument("--max-points", type=int, default=500_000, help="most points in --out (default 500000)")
+    p.add_argument("--frame-size", type=int, default=0,
+                   help="side of the square frames the model is fed, pixels (default 0: the encoder's image_size; "
+                        "use the size the model was trained and is served at)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="weight dtype (default auto: bf16 on cuda, fp32 on cpu)")
     return p
 
 
@@ -103,6 +116,8 @@ def _check_args(args: argparse.Namespace) -> None:
     for name in ("num_frames", "top_k", "max_new_tokens", "max_points"):
         if getattr(args, name) < 1:
             raise AskError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.frame_size < 0:
+        raise AskError(f"--frame-size must be 0 (the encoder's image_size) or a side in pixels, got {args.frame_size}")
     video = Path(args.video)
     if not video.exists():
         raise AskError(f"video {args.video}: no such file")
@@ -135,33 +150,52 @@ def _read_video(path: str) -> bytes:
     return data
 
 
-def load_model(model: str, device: str):
-    """Load ``(VidLLM, tokenizer)`` from an exported checkpoint: the one place ``vidllm ask`` resolves a model."""
+def load_model(model: str, device: str, dtype: str = "auto"):
+    """Load ``(VidLLM, VidLLMProcessor)`` from an exported checkpoint: the one place ``vidllm ask`` resolves a
+    model. ``dtype``: ``auto`` (bf16 on CUDA, fp32 otherwise), ``bf16`` or ``fp32``."""
     import os
 
-    from pipelines.artifacts import load_model_and_tokenizer, resolve_model
+    from pipelines.artifacts import load_model_and_processor, resolve_model
+    from pipelines.serve.config import DTYPES
 
     try:
         checkpoint = resolve_model(model, os.environ.get("MLFLOW_TRACKING_URI")).local_dir
     except FileNotFoundError as exc:
         raise AskError(str(exc)) from exc
     try:
-        return load_model_and_tokenizer(checkpoint, device)
+        weights = DTYPES[dtype] or ("bfloat16" if device.startswith("cuda") else "float32")
+        return load_model_and_processor(checkpoint, device, weights)
     except Exception as exc:  # noqa: BLE001 - any failure to load is one line naming the checkpoint and the cause
         raise AskError(f"--model {model}: cannot load the checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
+#: Largest frame of a local video: 8K UHD.
+LOCAL_MAX_FRAME_PIXELS = 7680 * 4320
+#: Fewest frames of a local video: one view reconstructs nothing.
+LOCAL_MIN_FRAMES = 2
+
+
+def local_limits(num_frames: int, size_bytes: int):
+    """The :class:`~pipelines.serve.config.LimitsConfig` a local file is sampled under (see the module docstring):
+    no size, duration, decode-time or decoded-bytes bound, frames up to 8K, at least 2 frames, the endpoint's
+    container allow-list."""
+    from pipelines.scenes.decode_budget import DecodeBudget
+    from pipelines.serve.config import LimitsConfig
+
+    unbounded = 2**62
+    return LimitsConfig(max_upload_bytes=max(size_bytes, 1), max_duration_s=float(unbounded),
+                        max_source_frames=unbounded, min_source_frames=LOCAL_MIN_FRAMES, num_frames=num_frames,
+                        decode=DecodeBudget(max_frame_pixels=LOCAL_MAX_FRAME_PIXELS, max_frames=unbounded,
+                                            max_decoded_bytes=unbounded, max_decode_s=None))
+
+
 def _sample(data: bytes, path: str, num_frames: int, size: int) -> np.ndarray:
     """``[S, H, W, 3]`` uint8 frames, sampled as the HTTP endpoint samples them."""
-    from pipelines.serve.config import LimitsConfig
     from pipelines.serve.errors import ApiError
     from pipelines.serve.video_input import SamplingSpec, sample_clip
 
-    # The endpoint's per-request limits guard a shared server; a local file gets the largest the sampler takes.
-    limits = LimitsConfig(max_upload_bytes=max(len(data), 1), max_duration_s=1e12, max_source_frames=2**62,
-                            num_frames=num_frames)
     try:
-        return sample_clip(data, SamplingSpec(num_frames, size, size), limits).frames
+        return sample_clip(data, SamplingSpec(num_frames, size, size), local_limits(num_frames, len(data))).frames
     except ApiError as exc:
         raise AskError(f"video {path}: {exc.detail}") from exc
 
@@ -244,27 +278,29 @@ def ask(args: argparse.Namespace) -> dict[str, Any]:
     """Run the requested tasks; returns ``{"answer", "caption", "boxes", "points"}`` (only those computed)."""
     _check_args(args)
     data = _read_video(args.video)
-    model, tokenizer = load_model(args.model, args.device)
+    model, processor = load_model(args.model, args.device, args.dtype)
 
     import torch
 
-    size = int(model.vidllm_config.encoder.dinov2["image_size"])
+    size = args.frame_size or int(model.vidllm_config.encoder.dinov2["image_size"])
+    if size % processor.patch_size:
+        raise AskError(f"--frame-size {size} is not a multiple of the model's patch size {processor.patch_size}")
     frames = _sample(data, args.video, args.num_frames, size)
     device = torch.device(args.device)
     result: dict[str, Any] = {}
     boxes: list[AskBox] = []
     with torch.inference_mode():
-        clip = torch.from_numpy(frames).to(device).permute(0, 3, 1, 2).float().div_(255.0)[None]  # [1, S, 3, H, W]
+        clip = processor.frames_to_tensor(torch.from_numpy(frames).to(device)[None]).to(model.dtype)  # [1, S, 3, H, W]
         scene = model.encode_scene(clip)
         if args.question is not None:
-            result["answer"] = model.answer(scene, [args.question.strip()], tokenizer,
+            result["answer"] = model.answer(scene, [args.question.strip()], processor,
                                             max_new_tokens=args.max_new_tokens)[0]
         if args.caption is not None:
             box = torch.tensor([args.caption], dtype=torch.float32, device=device)
-            result["caption"] = model.caption(scene, box, tokenizer, max_new_tokens=args.max_new_tokens)[0]
+            result["caption"] = model.caption(scene, box, processor, max_new_tokens=args.max_new_tokens)[0]
             boxes.append(AskBox("caption", tuple(args.caption[:3]), tuple(args.caption[3:])))
         if args.ground is not None:
-            out = model.ground(scene, [args.ground.strip()], tokenizer)
+            out = model.ground(scene, [args.ground.strip()], processor)
             found = grounded_boxes(out.boxes[0].float().cpu().numpy(), out.scores[0].float().cpu().numpy(), args.top_k)
             result["boxes"] = [b.to_dict() for b in found]
             boxes = found + boxes

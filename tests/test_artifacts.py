@@ -14,7 +14,7 @@ import torch
 
 from pipelines.artifacts import (
     ArtifactError,
-    load_model_and_tokenizer,
+    load_model_and_processor,
     local_dir,
     read_model_config,
     resolve_model,
@@ -24,14 +24,14 @@ from pipelines.artifacts import (
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """The tiny ``VidLLM`` (random init, fixed seed) saved in HF layout with its tokenizer, as training exports."""
-    from model import VidLLM, VidLLMConfig, build_tokenizer
+    """The tiny ``VidLLM`` (random init, fixed seed) saved in HF layout with its processor, as training exports."""
+    from model import VidLLM, VidLLMConfig, VidLLMProcessor
 
     torch.manual_seed(0)
     cfg = VidLLMConfig.tiny()
     out = tmp_path_factory.mktemp("export") / "model"
     VidLLM(cfg).save_pretrained(out)
-    build_tokenizer(cfg).save_pretrained(str(out))
+    VidLLMProcessor.from_config(cfg).save_pretrained(out)
     return out
 
 
@@ -142,12 +142,12 @@ def test_mlflow_pyfunc_loads_a_registered_version_and_answers(registered, checkp
                          params={"max_new_tokens": 4, "num_frames": 4})
     by_bytes = loaded.predict(pd.DataFrame({"question": [question], "video_bytes": [video.read_bytes()]}),
                               params={"max_new_tokens": 4, "num_frames": 4})
-    model, tokenizer = load_model_and_tokenizer(checkpoint)
+    model, processor = load_model_and_processor(checkpoint)
     size = int(model.vidllm_config.encoder.dinov2["image_size"])
     frames = sample_clip(video.read_bytes(), SamplingSpec(4, size, size), LimitsConfig()).frames
     with torch.inference_mode():
         scene = model.encode_scene(torch.from_numpy(frames[None]).permute(0, 1, 4, 2, 3).float() / 255)
-        expected = model.answer(scene, [question], tokenizer, max_new_tokens=4)
+        expected = model.answer(scene, [question], processor, max_new_tokens=4)
     assert list(out["answer"]) == list(by_bytes["answer"]) == expected
     with pytest.raises(Exception, match="exactly one of"):
         loaded.predict(pd.DataFrame({"question": [question]}))
@@ -169,3 +169,46 @@ def test_checkpoints_from_before_freezing_became_training_policy_still_load(chec
     assert "freezing" not in model.vidllm_config.to_dict()
     reference = VidLLM.from_pretrained(str(checkpoint)).state_dict()
     assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for name in os.listdir(src):
+        (dst / name).write_bytes((src / name).read_bytes())
+    return dst
+
+
+def test_an_export_loads_with_its_processor_in_the_asked_dtype(checkpoint):
+    """The exported processor (tokenizer + processor_config.json) comes back with the model; the weights load in
+    the asked dtype; frames are converted by the processor's rule."""
+    from model import VidLLMProcessor
+
+    model, processor = load_model_and_processor(checkpoint)
+    saved = VidLLMProcessor.from_pretrained(checkpoint)
+    assert isinstance(processor, VidLLMProcessor) and model.dtype == torch.float32
+    assert (processor.patch_size, processor.use_chat_template) == (saved.patch_size, False) == (14, False)
+    prompt = processor.qa_prompt("what color is the chair?")
+    assert processor.prompt_ids(prompt) == saved.prompt_ids(prompt)
+    half, _ = load_model_and_processor(checkpoint, dtype="bfloat16")
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    frames = np.full((1, 2, 28, 28, 3), 255, np.uint8)
+    assert torch.equal(processor.frames_to_tensor(frames), torch.ones(1, 2, 3, 28, 28))
+
+
+def test_a_processor_config_that_disagrees_with_the_model_is_refused(checkpoint, tmp_path):
+    from pipelines.artifacts import load_processor
+
+    bad = _copy(checkpoint, tmp_path / "bad")
+    config = json.loads((bad / "processor_config.json").read_text())
+    (bad / "processor_config.json").write_text(json.dumps({**config, "patch_size": 16}))
+    model, _ = load_model_and_processor(checkpoint)
+    with pytest.raises(ValueError, match="patch size 16.*model config has 14"):
+        load_processor(bad, model.vidllm_config)
+
+
+def test_an_export_from_before_the_processor_loads_with_the_processor_its_config_describes(checkpoint, tmp_path):
+    old = _copy(checkpoint, tmp_path / "old")
+    (old / "processor_config.json").unlink()
+    model, processor = load_model_and_processor(old)
+    assert processor.patch_size == model.vidllm_config.patch_size
+    assert processor.use_chat_template is model.vidllm_config.llm.use_chat_template is False

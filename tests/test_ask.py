@@ -20,16 +20,16 @@ NUM_FRAMES = 6
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """The real tiny ``VidLLM`` (random init, fixed seed) exported with ``save_pretrained`` plus its tokenizer."""
+    """The real tiny ``VidLLM`` (random init, fixed seed) exported with ``save_pretrained`` plus its processor."""
     import torch
 
-    from model import VidLLM, VidLLMConfig, build_tokenizer
+    from model import VidLLM, VidLLMConfig, VidLLMProcessor
 
     torch.manual_seed(0)
     cfg = VidLLMConfig.tiny()
     out = tmp_path_factory.mktemp("ask-export") / "vidllm-tiny"
     VidLLM(cfg).save_pretrained(out)
-    build_tokenizer(cfg).save_pretrained(str(out))
+    VidLLMProcessor.from_config(cfg).save_pretrained(out)
     return out
 
 
@@ -214,3 +214,27 @@ def test_every_readme_ask_command_runs(checkpoint, tmp_path):
         assert proc.stdout.strip()
         if "--out" in argv:
             assert (tmp_path / argv[argv.index("--out") + 1]).stat().st_size > 0
+
+
+def test_a_local_file_is_read_as_the_users_own_video(checkpoint, tmp_path):
+    """Local limits (pipelines.ask.local_limits): a 3-frame video the endpoint would refuse (it wants 8 distinct
+    frames) is answered, at the chosen frame size and in bf16; one frame reconstructs nothing and is refused."""
+    from pipelines.ask import LOCAL_MAX_FRAME_PIXELS, local_limits
+    from pipelines.scenes.video import encode_video
+
+    limits = local_limits(NUM_FRAMES, 123)
+    assert limits.decode.max_decode_s is None and limits.decode.max_frame_pixels == LOCAL_MAX_FRAME_PIXELS
+    assert limits.min_source_frames == 2 and limits.max_upload_bytes == 123
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 256, size=(48, 96, 3), dtype=np.uint8)
+    short, single = tmp_path / "short.mp4", tmp_path / "single.mp4"
+    encode_video(str(short), [np.ascontiguousarray(base[:, i * 8: i * 8 + 64]) for i in range(3)], fps=3.0, gop=3)
+    encode_video(str(single), [np.ascontiguousarray(base[:, :64])], fps=1.0, gop=1)
+    r = _vidllm(short, "what is here?", "--model", checkpoint, "--num-frames", NUM_FRAMES, "--frame-size", 56,
+                "--dtype", "bf16", "--max-new-tokens", 4, "--json")
+    assert r.returncode == 0, r.stderr
+    assert isinstance(json.loads(r.stdout)["answer"], str)
+    r = _vidllm(single, "what is here?", "--model", checkpoint, "--num-frames", NUM_FRAMES)
+    assert r.returncode == 2 and "at least 2 distinct frames" in r.stderr, r.stderr
+    r = _vidllm(short, "what is here?", "--model", checkpoint, "--frame-size", 50)
+    assert r.returncode == 2 and "--frame-size 50 is not a multiple of the model's patch size 14" in r.stderr

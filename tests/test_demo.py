@@ -117,9 +117,12 @@ def test_workdir_is_checked_and_fresh_refuses_foreign_folders(tmp_path):
 
     cfg = DemoConfig(workdir=str(tmp_path / "demo"), size="smallest")
     state = prepare(cfg, cfg.paths())
-    assert state == {"size": "smallest", "seed": 0, "storage": str(tmp_path / "demo")}
+    assert state == {"size": "smallest", "seed": 0, "storage": str(tmp_path / "demo"), "weights_dir": ""}
     with pytest.raises(ValueError, match="--fresh"):
         prepare(cfg.replace(size="default"), cfg.paths())
+    with pytest.raises(ValueError, match=r"--weights-dir .*lacks verified dinov2-small, smollm2-135m-instruct: run "
+                                         r"`vidllm weights install"):
+        prepare(cfg.replace(weights_dir=str(tmp_path / "no-weights")), cfg.paths())
     assert prepare(cfg.replace(size="default", fresh=True), cfg.paths())["size"] == "default"
 
     foreign = tmp_path / "home"
@@ -132,3 +135,47 @@ def test_workdir_is_checked_and_fresh_refuses_foreign_folders(tmp_path):
         DemoConfig(storage="/local/path")
     with pytest.raises(ValueError, match="size"):
         DemoConfig(size="huge")
+
+
+def test_the_real_weight_demo_runs_the_presets_with_the_documented_overrides(tmp_path):
+    """``--weights-dir``: the stage presets plus REAL_WEIGHT_OVERRIDES (what docs/weights.md documents), the presets'
+    warm-up kept, a text budget for SmolLM2's tokens, and Serve at the training frame size."""
+    from pipelines.demo import serving, steps
+    from pipelines.demo.config import REAL_WEIGHT_OVERRIDES, DemoConfig
+    from pipelines.train.config import resolve_config
+
+    cfg = DemoConfig(workdir=str(tmp_path / "demo"), size="real", weights_dir="/weights", train_workers=1)
+    paths = cfg.paths()
+    stage1, stage2 = steps.train_config(cfg, paths, 1), steps.train_config(cfg, paths, 2, "models:/x/1")
+    assert len(REAL_WEIGHT_OVERRIDES) == 4
+    model = stage1.model
+    assert model["encoder"]["pretrained_path"] == "/weights/dinov2-small"
+    assert model["llm"]["pretrained_path"] == model["llm"]["tokenizer_path"] == "/weights/smollm2-135m-instruct"
+    assert model["llm"]["use_chat_template"] is True and model["distill"]["teacher_geo_dim"] == 384
+    for stage, config in ((1, stage1), (2, stage2)):
+        preset = resolve_config(f"stage{stage}")
+        assert (config.loss, config.freeze, config.optim) == (preset.loss, preset.freeze, preset.optim)
+        assert config.deepspeed == preset.deepspeed and config.data.max_text_tokens == 256
+        assert config.run.num_workers == 1 and config.run.cpus_per_worker == 1 and not config.run.use_gpu
+    assert stage2.init_from == "models:/x/1" and not stage2.model
+    assert steps.teacher_folders(cfg, paths)[::2] == ("/weights/dinov2-small", "Dinov2Model")
+    served = serving.serve_config(cfg, paths, "models:/x/1", 8123)
+    assert (served.limits.frame_size, served.limits.num_frames, served.limits.max_new_tokens) == (112, 6, 24)
+    assert served.device == "cpu" and served.torch_dtype() == "float32"
+    gpu = serving.serve_config(cfg.replace(use_gpu=True), paths, "models:/x/1", 8123)
+    assert gpu.device == "cuda" and gpu.model.num_gpus == 1 and gpu.torch_dtype() == "bfloat16"
+    assert steps.train_config(cfg.replace(use_gpu=True), paths, 1).run.use_gpu
+
+
+def test_peak_memory_counts_the_driver_and_the_processes_it_started():
+    import subprocess
+    import sys
+
+    from pipelines.demo.runner import PeakMemory
+
+    memory = PeakMemory(interval_s=0.05).start()
+    child = subprocess.Popen([sys.executable, "-c", "import time; b = bytearray(300 * 1024**2); time.sleep(2)"])
+    child.wait(timeout=60)
+    peak = memory.stop()
+    assert peak["driver"] > 20 and peak["ray"] > 250 and peak["workers"] == 0  # the child is no Ray worker
+    assert peak["total"] >= peak["driver"] + 250

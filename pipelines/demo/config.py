@@ -12,6 +12,24 @@ import os
 from dataclasses import dataclass
 
 from pipelines import storage
+from pipelines.weights import DINOV2_SMALL, SMOLLM2
+
+#: The ``--set`` overrides that turn the ``stage1`` training preset (the ``small`` model) into the real-weight one,
+#: given the folder of ``vidllm weights install``: the encoder is the real DINOv2-S (a plain ``Dinov2Model``, as
+#: ``small()`` describes it), the LLM the real SmolLM2-135M-Instruct with its own tokenizer (``<scene>``/``<loc>``
+#: become ids 49152/49153, the embeddings are resized to 49154) prompted through its chat template. The same lines
+#: work on the command line: ``--set model.encoder.pretrained_path=DIR/dinov2-small`` and so on.
+REAL_WEIGHT_OVERRIDES = (
+    f"model.encoder.pretrained_path={{dir}}/{DINOV2_SMALL}",
+    f"model.llm.pretrained_path={{dir}}/{SMOLLM2}",
+    f"model.llm.tokenizer_path={{dir}}/{SMOLLM2}",
+    "model.llm.use_chat_template=true",
+)
+
+
+def real_weight_overrides(weights_dir: str) -> list[str]:
+    """:data:`REAL_WEIGHT_OVERRIDES` for an installed weights folder."""
+    return [line.format(dir=weights_dir.rstrip("/")) for line in REAL_WEIGHT_OVERRIDES]
 
 
 @dataclass(frozen=True)
@@ -54,13 +72,18 @@ class DemoSizeConfig:
 
 SIZES: dict[str, DemoSizeConfig] = {
     # The acceptance test's size: every stage runs for real, as little as possible. Stage-2 steps are cheap next to
-    # the fixed costs (worker start, export, MLflow) and the tiny LLM needs ~100 of them before its answers stop
-    # being just the most frequent target token, end-of-sequence (an empty answer).
+    # the fixed costs (worker start, export, MLflow) and the tiny LLM needs 100-200 of them, depending on the draw
+    # of the random teachers, before its answers stop being just the most frequent target token, end-of-sequence
+    # (an empty answer): 120 steps did with one draw, not with write_random_clip's; 200 do (measured).
     "smallest": DemoSizeConfig("smallest", num_scenes=2, frames_per_scene=12, frames_per_clip=4, clips_per_scene=1,
-                         resize_to=56, stage1_steps=2, stage2_steps=120, eval_queries=1),
+                         resize_to=56, stage1_steps=2, stage2_steps=200, eval_queries=1),
     # The default: enough clips and steps that the losses move; under 10 minutes on 2 CPU cores.
     "default": DemoSizeConfig("default", num_scenes=6, frames_per_scene=40, frames_per_clip=8, clips_per_scene=2,
                         resize_to=56, stage1_steps=30, stage2_steps=300, eval_queries=3),
+    # The real-weight run (``--weights-dir``) on a CPU machine: 112 px, 6 frames, a few steps. The real LLM answers
+    # fluently from the start; the steps show every stage working on the small model, they teach it nothing.
+    "real": DemoSizeConfig("real", num_scenes=2, frames_per_scene=10, frames_per_clip=6, clips_per_scene=1,
+                           resize_to=112, stage1_steps=2, stage2_steps=2, eval_queries=1),
 }
 
 
@@ -78,6 +101,14 @@ class DemoConfig:
         keep_serving: leave the endpoint up after the demo until Ctrl-C.
         fresh: delete earlier results and start over.
         seed: synthetic-scene seed.
+        weights_dir: the folder of ``vidllm weights install`` (``dinov2-small``, ``smollm2-135m-instruct``). Set:
+            the ``small`` model starts from the real DINOv2-S encoder and the real SmolLM2-135M-Instruct with its
+            own tokenizer and chat template (the training presets plus the real-weight overrides of
+            :data:`REAL_WEIGHT_OVERRIDES`), the real DINOv2-S is the geometry teacher and a random CLIP stands in
+            for the semantic one. Empty (default): the tiny random model and random teachers.
+        train_workers: Ray Train workers per stage (0: 2 when the machine has 2 CPUs or more, else 1).
+        use_gpu: train, evaluate and serve on CUDA GPUs (one per training worker, one per evaluation actor and
+            serving replica; bf16 where the stages choose it).
     """
 
     workdir: str = "vidllm_demo"
@@ -89,6 +120,9 @@ class DemoConfig:
     keep_serving: bool = False
     fresh: bool = False
     seed: int = 0
+    weights_dir: str = ""
+    train_workers: int = 0
+    use_gpu: bool = False
 
     def __post_init__(self) -> None:
         if self.size not in SIZES:
@@ -101,6 +135,11 @@ class DemoConfig:
             raise ValueError("num_cpus must be >= 0 and object_store_mb >= 64")
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if self.train_workers < 0:
+            raise ValueError(f"train_workers must be >= 0 (0: chosen from the CPUs), got {self.train_workers}")
+        if "://" in self.weights_dir:
+            raise ValueError(f"weights_dir must be a local folder (vidllm weights install --dir), got "
+                             f"{self.weights_dir!r}")
 
     @property
     def preset(self) -> DemoSizeConfig:
@@ -108,6 +147,10 @@ class DemoConfig:
 
     def cpus(self) -> int:
         return self.num_cpus or os.cpu_count() or 1
+
+    def workers(self) -> int:
+        """Ray Train workers of each training stage."""
+        return self.train_workers or (2 if self.cpus() >= 2 else 1)
 
     def paths(self) -> DemoPaths:
         workdir = os.path.abspath(self.workdir)

@@ -5,12 +5,18 @@ One local Ray instance (started here, used by every step), storage in one local 
     1 ray        start a local Ray instance (all cores, no dashboard)
     2 scenes     synthetic ScanNet-format scenes (.sens + H.264 video) with ScanQA/ScanRefer/... annotations
     3 ingest     Ray Data: scenes -> WebDataset CLIP shards + manifest
-    4 teachers   Ray Data actor pools: random stand-in teachers -> TRAINING shards + manifest
+    4 teachers   Ray Data actor pools: random stand-in teachers (or the real DINOv2-S) -> TRAINING shards + manifest
     5 stage1     Ray Train + DeepSpeed ZeRO-2: dual-teacher distillation; export; MLflow run + registered model
     6 stage2     the same, joint optimisation from Stage 1's export
     7 eval       Ray Data batch inference + benchmark harness on the clip shards; results to MLflow
     8 serve      Ray Serve on 127.0.0.1 with the registered model version (models:/vidllm-demo/<version>)
     9 query      real HTTP: upload a scene video, ask a question, ground a description; print the answers
+
+``--weights-dir DIR`` (the folder of ``vidllm weights install``) runs the same steps on the ``small`` model from
+real weights: the DINOv2-S encoder, SmolLM2-135M-Instruct with its own tokenizer and chat template, the real
+DINOv2-S as geometry teacher (a random CLIP stands in for the semantic one, labelled so); ``--size real`` keeps it
+to minutes on a CPU machine. Every step's wall time and peak memory (PSS of this process and of the Ray processes
+it started) are printed and written to ``demo_result.json``.
 """
 
 from __future__ import annotations
@@ -54,8 +60,9 @@ def build_parser() -> CliParser:
         "(tiny model), evaluate, register the model in a local MLflow store, serve it with Ray Serve on "
         "127.0.0.1 and ask it a question and a grounding query over HTTP. Rerunning reuses finished steps; "
         "--fresh starts over. Each step's output goes to <workdir>/logs/<step>.log.",
-        epilog=__doc__.split("\n", 2)[2] + "\nThe teacher models are RANDOM tiny stand-ins (no real weights offline), "
-        "so the answers show the system working end to end, not a trained model's quality.\n\n" + SPEC.describe(),
+        epilog=__doc__.split("\n", 2)[2] + "\nWithout --weights-dir the model and the teachers are RANDOM tiny stand-ins, so "
+        "the answers show the system working end to end, not a trained model's quality; with it the answers are "
+        "SmolLM2's, and the semantic teacher is still a random stand-in (no CLIP weights offline).\n\n" + SPEC.describe(),
     )
     group = SPEC.add_arguments(parser)
     alias(group, "--workdir", "workdir",
@@ -71,6 +78,12 @@ def build_parser() -> CliParser:
     alias(group, "--num-cpus", "num_cpus", type=int, help="CPUs of the local Ray instance (default: all cores)")
     alias(group, "--object-store-mb", "object_store_mb", type=int, help="Ray object store size in MiB (default 512)")
     alias(group, "--seed", "seed", type=int, help="seed of the synthetic scenes (default 0)")
+    alias(group, "--weights-dir", "weights_dir",
+          help="folder of `vidllm weights install`: run the small model from the real DINOv2-S and SmolLM2-135M-"
+          "Instruct (use with --size real on a CPU machine)")
+    alias(group, "--train-workers", "train_workers", type=int,
+          help="Ray Train workers per stage (default: 2 with 2 CPUs or more, else 1)")
+    alias(group, "--use-gpu", "use_gpu", const=True, help="train, evaluate and serve on CUDA GPUs")
     return parser
 
 
@@ -88,12 +101,21 @@ def _wipe(cfg: DemoConfig, paths: DemoPaths) -> None:
 
 def prepare(cfg: DemoConfig, paths: DemoPaths) -> dict:
     """Start over (``--fresh``) or check that the workdir holds a demo of the same options; returns the state."""
+    if cfg.weights_dir:
+        from pipelines.weights import DINOV2_SMALL, SMOLLM2, missing
+
+        absent = [n for n in missing(cfg.weights_dir) if n in (DINOV2_SMALL, SMOLLM2)]
+        if absent:
+            raise ValueError(f"--weights-dir {cfg.weights_dir} lacks verified {', '.join(absent)}: run `vidllm "
+                             f"weights install --dir {cfg.weights_dir}` first")
     if cfg.fresh:
         _wipe(cfg, paths)
     state = steps.read_state(paths)
-    want = {"size": cfg.size, "seed": cfg.seed, "storage": paths.storage}
-    have = {k: state[k] for k in want if k in state}
-    if have and have != want:
+    want = {"size": cfg.size, "seed": cfg.seed, "storage": paths.storage,
+            "weights_dir": os.path.abspath(cfg.weights_dir) if cfg.weights_dir else ""}
+    # A state written before weights_dir existed is a tiny-model run.
+    have = {k: state.get(k, "") if k == "weights_dir" else state[k] for k in want if k in state or k == "weights_dir"}
+    if state and have != want:
         raise ValueError(f"{paths.workdir} holds a demo run with {have}, this run asks for {want}: rerun with "
                          "--fresh to start over, or use another --workdir")
     state.update(want)
@@ -150,7 +172,7 @@ def run_steps(cfg: DemoConfig, paths: DemoPaths, state: dict, progress: Progress
     return {"url": url, "model_uri": model_uri, "model_source": source, "query": asdict(result)}
 
 
-def where(paths: DemoPaths, state: dict, final: dict) -> list[str]:
+def where(cfg: DemoConfig, paths: DemoPaths, state: dict, final: dict) -> list[str]:
     """The "where is everything" section of the report."""
     from pipelines.manifest import manifest_uri
 
@@ -159,7 +181,9 @@ def where(paths: DemoPaths, state: dict, final: dict) -> list[str]:
         f"  scenes (ScanNet format)     {paths.scenes}",
         f"  clip shards + manifest      {manifest_uri(paths.clips)}",
         f"  training shards + manifest  {manifest_uri(paths.train_shards)}",
-        f"  teacher checkpoints         {paths.teachers} (RANDOM stand-ins)",
+        f"  teacher checkpoints         {paths.teachers} (RANDOM stand-ins)" if not cfg.weights_dir else
+        f"  teacher checkpoints         {steps.teacher_folders(cfg, paths)[0]} (real DINOv2-S), {paths.teachers} "
+        "(RANDOM CLIP stand-in)",
         "  Ray Train checkpoints       "
         + ", ".join(storage.join(paths.ray_storage, steps.ray_run_name(stage)) for stage in (1, 2)),
         f"  exported models (HF)        {state['stage1']['model_uri']}, {state['stage2']['model_uri']}",
@@ -208,11 +232,11 @@ def _main(argv: Sequence[str] | None) -> int:
         final = run_steps(cfg, paths, state, progress)
         steps.write_state(paths, state)
         storage.write_bytes(paths.result, json.dumps(
-            {**final, "steps": {r.key: {"status": r.status, "seconds": round(r.seconds, 2)}
-                                for r in progress.records}}, indent=1).encode())
+            {**final, "steps": {r.key: {"status": r.status, "seconds": round(r.seconds, 2),
+                                        "peak_memory_mb": r.peak_memory_mb} for r in progress.records}}, indent=1).encode())
         progress.say("")
         progress.say("Where everything is:")
-        for line in where(paths, state, final):
+        for line in where(cfg, paths, state, final):
             progress.say(line)
         progress.say("")
         progress.say("Summary (steps reuse earlier results on a rerun; --fresh starts over):")

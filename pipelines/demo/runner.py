@@ -1,10 +1,17 @@
-"""Console progress, per-step log capture and the timing summary of the demo.
+"""Console progress, per-step log capture and the time and memory summary of the demo.
 
 Stages print a lot (Ray's worker logs, DeepSpeed's banners, Ray Data progress). The demo keeps the terminal to
 one line per step by redirecting the process-level stdout/stderr FILE DESCRIPTORS (not just ``sys.stdout``) into
 the running step's log file: Ray's log monitor, library loggers that bound ``sys.stderr`` at import time, and C
 extensions all write to fds 1 and 2, so only an fd-level redirect catches everything. The console keeps a
 duplicate of the original stdout. Between steps the fds point at ``logs/demo.log``.
+
+Peak memory per step (:class:`PeakMemory`): the proportional set size (PSS) of this process (the driver) and of
+every process it started, sampled twice a second with psutil: Ray's GCS and raylet, and the Ray workers (tasks,
+actors, the training workers, their forked data-loader processes and serving replicas), which Ray names
+``ray::...``. PSS splits each shared page (shared libraries, a forked loader's copy-on-write view of its training
+process, Ray's object store in ``/dev/shm``) between the processes that map it, so the sums add up to the memory the
+machine holds for them; where PSS cannot be read the resident set size stands in.
 """
 
 from __future__ import annotations
@@ -13,10 +20,72 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+
+class PeakMemory:
+    """Peak resident memory of this process and of the processes it started, sampled on a background thread.
+
+    Args:
+        interval_s: seconds between samples.
+    """
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        import psutil
+
+        self._me = psutil.Process()
+        self._interval_s = interval_s
+        self._peaks = {"driver": 0.0, "workers": 0.0, "ray": 0.0, "total": 0.0}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="demo-peak-memory", daemon=True)
+
+    def start(self) -> PeakMemory:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        """Stop sampling (after one last sample); the peaks in MiB."""
+        self._done.set()
+        self._thread.join()
+        self.sample()
+        return {k: round(v, 1) for k, v in self._peaks.items()}
+
+    def _run(self) -> None:
+        while not self._done.wait(self._interval_s):
+            self.sample()
+
+    @staticmethod
+    def _is_worker(proc) -> bool:
+        """A Ray worker: named ``ray::...`` once started, ``default_worker.py`` while it starts."""
+        cmdline = proc.cmdline()
+        return bool(cmdline) and (cmdline[0].startswith("ray::") or any(a.endswith("default_worker.py")
+                                                                          for a in cmdline[:3]))
+
+    @staticmethod
+    def _mib(proc) -> float:
+        """PSS of ``proc`` in MiB (its RSS where the kernel does not expose PSS)."""
+        info = proc.memory_full_info()
+        return float(getattr(info, "pss", info.rss)) / 1024.0**2
+
+    def sample(self) -> None:
+        """Take one sample and update the peaks."""
+        import psutil
+
+        driver = self._mib(self._me)
+        workers = ray = 0.0
+        for proc in self._me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):  # a process that exits between listing and reading
+                used = self._mib(proc)
+                ray += used
+                if self._is_worker(proc):
+                    workers += used
+        for key, value in (("driver", driver), ("workers", workers), ("ray", ray), ("total", driver + ray)):
+            self._peaks[key] = max(self._peaks[key], value)
 
 
 class StepFailed(RuntimeError):
@@ -39,6 +108,8 @@ class StepRecord:
         status: ``done``, ``reused`` or ``failed``.
         seconds: wall time of the step.
         details: result lines printed under the step.
+        peak_memory_mb: peak resident memory during the step, MiB (:class:`PeakMemory`): ``driver``, ``workers``
+            (Ray worker processes, summed), ``ray`` (every process the driver started, summed) and ``total``.
     """
 
     key: str
@@ -47,6 +118,7 @@ class StepRecord:
     status: str = "running"
     seconds: float = 0.0
     details: list[str] = field(default_factory=list)
+    peak_memory_mb: dict[str, float] = field(default_factory=dict)
 
     def reused(self, why: str) -> None:
         """Mark the step as reusing earlier results (``why`` says which)."""
@@ -105,6 +177,7 @@ class Progress:
         self.records.append(record)
         self.say(f"[{index}/{self.total}] {key}: {title} ...")
         started = time.perf_counter()
+        memory = PeakMemory().start()
         with open(record.log_path, "ab") as log:
             self._redirect(log.fileno())
             try:
@@ -112,6 +185,7 @@ class Progress:
             except BaseException as exc:
                 record.status = "failed"
                 record.seconds = time.perf_counter() - started
+                record.peak_memory_mb = memory.stop()
                 self._flush()
                 log.write(traceback.format_exc().encode())  # straight into the log, whatever sys.stderr is
                 log.flush()
@@ -123,18 +197,23 @@ class Progress:
             finally:
                 self._redirect(self._base.fileno())
         record.seconds = time.perf_counter() - started
+        record.peak_memory_mb = memory.stop()
         if record.status == "running":
             record.status = "done"
         for line in record.details:
             self.say(f"      {line}")
-        self.say(f"[{index}/{self.total}] {key} ... {record.status} in {record.seconds:.1f} s")
+        peak = record.peak_memory_mb
+        self.say(f"[{index}/{self.total}] {key} ... {record.status} in {record.seconds:.1f} s, peak PSS driver "
+                 f"{peak['driver']:.0f} MiB, Ray workers {peak['workers']:.0f} MiB, all {peak['total']:.0f} MiB")
 
     def summary(self, total_s: float, load_before: tuple[float, ...], load_after: tuple[float, ...]) -> list[str]:
-        """The per-step timing table."""
+        """The per-step table: wall time and peak PSS (MiB) of the driver, the Ray workers and all processes."""
         width = max(len(r.key) for r in self.records) if self.records else 4
-        lines = [f"  {'step':<{width + 6}}  {'status':<7}  {'time':>8}"]
+        lines = [f"  {'step':<{width + 6}}  {'status':<7}  {'time':>8}  {'driver':>7}  {'workers':>7}  {'all':>7}"]
         for i, r in enumerate(self.records, start=1):
-            lines.append(f"  [{i}/{self.total}] {r.key:<{width}}  {r.status:<7}  {r.seconds:7.1f}s")
+            peak = r.peak_memory_mb or {"driver": 0.0, "workers": 0.0, "total": 0.0}
+            lines.append(f"  [{i}/{self.total}] {r.key:<{width}}  {r.status:<7}  {r.seconds:7.1f}s  "
+                         f"{peak['driver']:7.0f}  {peak['workers']:7.0f}  {peak['total']:7.0f}")
         lines.append(f"  {'total':<{width + 6}}  {'':<7}  {total_s:7.1f}s")
         lines.append("  load average (1, 5, 15 min): before " + " ".join(f"{v:.2f}" for v in load_before)
                      + ", after " + " ".join(f"{v:.2f}" for v in load_after) + f"; {os.cpu_count()} cores")

@@ -30,16 +30,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: Patch side of the demo's models (tiny and small): the served frame size is a multiple of it.
+PATCH_SIZE = 14
+
+
+def serve_config(cfg: DemoConfig, paths: DemoPaths, model_uri: str, port: int):
+    """The ``tiny`` Serve preset for the demo's model: as many frames as a training clip, at the size the model was
+    trained at (the clips' shorter side), on 127.0.0.1:``port``. The real-weight model gets longer timeouts (its CPU forward takes tens of
+    seconds) and room for a sentence."""
+    from pipelines.serve.config import ServeConfig
+
+    size = cfg.preset.resize_to // PATCH_SIZE * PATCH_SIZE
+    tree = ServeConfig.tiny(model_uri).to_dict()
+    tree.update(model_cache_dir=paths.serve_cache, app_name=APP_NAME)
+    tree["limits"].update(frame_size=size, num_frames=cfg.preset.frames_per_clip)
+    tree["http"].update(host="127.0.0.1", port=port, request_timeout_s=60.0)
+    if cfg.weights_dir:
+        tree["limits"].update(max_new_tokens=24)
+        tree["ingress"].update(call_timeout_s=600.0)
+        tree["http"].update(request_timeout_s=900.0)
+    if cfg.use_gpu:
+        tree["device"] = "cuda"
+        tree["model"].update(num_gpus=1.0)
+    return ServeConfig.from_dict(tree)
+
+
 def start(cfg: DemoConfig, paths: DemoPaths, model_uri: str, timeout_s: float = 300.0) -> str:
     """Start Serve's HTTP proxy and the Vid-LLM app; wait until ``/readyz`` says ready. Returns the base URL."""
     from ray import serve
 
     from pipelines.serve.app import build_app
-    from pipelines.serve.config import HTTPConfig, ServeConfig
 
     port = cfg.port or free_port()
-    config = ServeConfig.tiny(model_uri, model_cache_dir=paths.serve_cache, app_name=APP_NAME,
-                              http=HTTPConfig(host="127.0.0.1", port=port, request_timeout_s=60.0))
+    config = serve_config(cfg, paths, model_uri, port)
     run_dir = os.path.join(paths.workdir, "serve")
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "serve_config.resolved.json"), "w") as f:
@@ -93,7 +116,7 @@ class QueryResult:
 
 
 def _post(url: str, **kwargs: Any) -> dict[str, Any]:
-    response = requests.post(url, timeout=120, **kwargs)
+    response = requests.post(url, timeout=900, **kwargs)
     if response.status_code != 200:
         raise RuntimeError(f"POST {url} answered HTTP {response.status_code}: {response.text[:500]}")
     return response.json()

@@ -93,34 +93,56 @@ def ingest(cfg: DemoConfig, paths: DemoPaths, step: StepRecord) -> None:
               f"{written} scenes; manifest {mf.manifest_uri(paths.clips)}")
 
 
-def make_random_teachers(paths: DemoPaths) -> bool:
-    """Save tiny RANDOM-initialised teachers in HF layout (no real weights are available offline).
+#: The geometry teacher's HF class in each mode: a random DINOv2 with registers (VGGT's encoder) or the real DINOv2-S.
+RANDOM_GEOMETRY_ARCHITECTURE = "Dinov2WithRegistersModel"
+REAL_GEOMETRY_ARCHITECTURE = "Dinov2Model"
 
-    Their widths match the tiny student's distillation config, so Stage 1 can distil them. Returns True when they
-    were created now (False: reused).
+
+def teacher_folders(cfg: DemoConfig, paths: DemoPaths) -> tuple[str, str, str]:
+    """``(geometry teacher folder, semantic teacher folder, geometry teacher architecture)`` of this demo."""
+    if cfg.weights_dir:
+        from pipelines.weights import DINOV2_SMALL
+
+        return os.path.join(cfg.weights_dir, DINOV2_SMALL), paths.semantic_teacher, REAL_GEOMETRY_ARCHITECTURE
+    return paths.geometry_teacher, paths.semantic_teacher, RANDOM_GEOMETRY_ARCHITECTURE
+
+
+def make_random_teachers(cfg: DemoConfig, paths: DemoPaths) -> bool:
+    """Save the RANDOM-initialised teachers in HF layout, each labelled as a stand-in in its ``config.json``.
+
+    No CLIP weights are installable offline, so the semantic teacher is always
+    :func:`pipelines.teachers.semantic.write_random_clip`'s stand-in, as wide as the student's distillation config
+    expects. The tiny demo's geometry teacher is a random DINOv2 with registers as wide as the tiny model expects;
+    with ``weights_dir`` it is the real DINOv2-S and nothing is written for it. A random teacher carries no
+    knowledge, so the stand-ins are 2 layers deep at a small input size: depth would only cost time. Returns True
+    when they were created now (False: reused).
     """
     import torch
-    from transformers import (
-        CLIPVisionConfig,
-        CLIPVisionModel,
-        Dinov2WithRegistersConfig,
-        Dinov2WithRegistersModel,
-    )
+    from transformers import CLIPVisionConfig, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
     from model import VidLLMConfig
+    from pipelines.teachers.architecture import STANDIN_KEY
+    from pipelines.teachers.semantic import CLIP_L_336, write_random_clip
 
-    if all(os.path.isfile(os.path.join(p, "config.json")) for p in (paths.geometry_teacher, paths.semantic_teacher)):
+    geometry, semantic, _ = teacher_folders(cfg, paths)
+    wanted = [semantic] if cfg.weights_dir else [geometry, semantic]
+    if all(os.path.isfile(os.path.join(p, "config.json")) for p in wanted):
         return False
-    distill = VidLLMConfig.tiny().distill
-    torch.manual_seed(0)
-    Dinov2WithRegistersModel(Dinov2WithRegistersConfig(
-        hidden_size=distill.teacher_geo_dim, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=2 * distill.teacher_geo_dim, image_size=56, patch_size=14, num_register_tokens=4,
-    )).save_pretrained(paths.geometry_teacher)
-    CLIPVisionModel(CLIPVisionConfig(
-        hidden_size=distill.teacher_sem_dim, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=2 * distill.teacher_sem_dim, image_size=42, patch_size=14,
-    )).save_pretrained(paths.semantic_teacher)
+    if cfg.weights_dir:
+        # The small model distils CLIP ViT-L/14's width (1024).
+        clip = CLIPVisionConfig(**{**CLIP_L_336, "num_hidden_layers": 2, "image_size": 224})
+    else:
+        distill = VidLLMConfig.tiny().distill
+        clip = CLIPVisionConfig(hidden_size=distill.teacher_sem_dim, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=2 * distill.teacher_sem_dim, image_size=42, patch_size=14)
+        geo = Dinov2WithRegistersConfig(
+            hidden_size=distill.teacher_geo_dim, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=2 * distill.teacher_geo_dim, image_size=56, patch_size=14, num_register_tokens=4)
+        setattr(geo, STANDIN_KEY, "random Dinov2WithRegistersModel (seed 0; 2 layers) standing in for VGGT's "
+                                  "DINOv2-L/14 with registers: no trained VGGT weights are installable offline")
+        torch.manual_seed(0)
+        Dinov2WithRegistersModel(geo).save_pretrained(geometry)
+    write_random_clip(semantic, clip)
     return True
 
 
@@ -130,13 +152,21 @@ def teachers(cfg: DemoConfig, paths: DemoPaths, step: StepRecord) -> None:
     from pipelines.teachers.config import TeacherPoolConfig, TeachersConfig
     from pipelines.teachers.job import run_teachers
 
-    created = make_random_teachers(paths)
-    step.note(f"teachers are RANDOM stand-ins (tiny Dinov2WithRegistersModel / CLIPVisionModel configs, "
-              f"{'created' if created else 'saved'} under {paths.teachers}): no real weights are available offline")
+    created = make_random_teachers(cfg, paths)
+    geometry, semantic, architecture = teacher_folders(cfg, paths)
+    made = "created" if created else "saved"
+    if cfg.weights_dir:
+        step.note(f"geometry teacher: the real DINOv2-S ({geometry}); semantic teacher: a RANDOM stand-in "
+                  f"CLIPVisionModel ({made} under {paths.teachers}, labelled vidllm_random_standin): no CLIP weights "
+                  "are installable offline")
+    else:
+        step.note(f"teachers are RANDOM stand-ins (tiny Dinov2WithRegistersModel / CLIPVisionModel configs, "
+                  f"{made} under {paths.teachers}): no real weights are available offline")
     done_before = storage.exists(mf.manifest_uri(paths.train_shards))
-    pool = TeacherPoolConfig(batch_size=2, num_cpus=0.5)  # both pools and the I/O actors fit 2 CPUs
-    config = TeachersConfig(paths.geometry_teacher, paths.semantic_teacher, pool, pool,
-                            target_shard_bytes=2 * 1024**2, cache_dir=os.path.join(paths.workdir, "cache", "teachers"))
+    pool = TeacherPoolConfig(batch_size=2, num_cpus=0.5, num_gpus=0.5 if cfg.use_gpu else 0.0)
+    config = TeachersConfig(geometry, semantic, pool, pool, target_shard_bytes=2 * 1024**2,
+                            cache_dir=os.path.join(paths.workdir, "cache", "teachers"),
+                            geometry_architecture=architecture)
     manifest = run_teachers(paths.clips, paths.train_shards, config)
     if manifest.summary.get("clips_written", 0) == 0:
         raise RuntimeError(f"no clip got teacher targets; see {storage.join(paths.train_shards, 'quarantine.json')}")
@@ -152,26 +182,43 @@ def ray_run_name(stage: int) -> str:
 
 
 def train_config(cfg: DemoConfig, paths: DemoPaths, stage: int, init_from: str = ""):
-    """The ``tiny`` training preset pointed at the demo's shards, storage and MLflow store."""
+    """The training config of a stage: the ``tiny`` preset, or with ``weights_dir`` the ``stage1``/``stage2`` presets
+    (the ``small`` model) with the real-weight overrides, pointed at the demo's shards, storage and MLflow store."""
     from pipelines import manifest as mf
-    from pipelines.train.config import tiny
+    from pipelines.demo.config import real_weight_overrides
+    from pipelines.train.config import resolve_config, tiny
 
     size = cfg.preset
     steps = size.stage1_steps if stage == 1 else size.stage2_steps
-    base = tiny(stage)
+    if cfg.weights_dir:
+        overrides = real_weight_overrides(cfg.weights_dir) if stage == 1 else []
+        if stage == 1:
+            # The geometry teacher of this demo is the real DINOv2-S (384 wide), not VGGT's DINOv2-L (1024).
+            overrides.append("model.distill.teacher_geo_dim=384")
+        base = resolve_config(f"stage{stage}", overrides)
+        # The presets' budget of 64 tokens is for the word-level tokenizer; SmolLM2's chat template and digits take
+        # more (a grounding answer alone is about 40).
+        data = dataclasses.replace(base.data, max_text_tokens=256)
+        # The presets' warm-up stays: full-rate first Adam steps move every pretrained weight by about the learning
+        # rate, and two such steps at 1e-4 already break DINOv2-S's features (measured: the CLS cosine of a bus and
+        # a photo of people goes from 0.62 to 0.94).
+        optim = base.optim
+    else:
+        base = tiny(stage)
+        data, optim = base.data, dataclasses.replace(base.optim, warmup_steps=1)
     return dataclasses.replace(
         base,
         init_from=init_from if stage == 2 else "",
-        data=dataclasses.replace(base.data, manifest_uri=mf.manifest_uri(paths.train_shards), micro_batch_size=1,
+        data=dataclasses.replace(data, manifest_uri=mf.manifest_uri(paths.train_shards), micro_batch_size=1,
                                  task_mix=dict(STAGE2_TASK_MIX)),
-        optim=dataclasses.replace(base.optim, warmup_steps=1),
+        optim=optim,
         schedule=dataclasses.replace(base.schedule, max_steps=steps, checkpoint_every=steps,
                                      log_every=max(1, steps // 20)),
         tracking=dataclasses.replace(base.tracking, tracking_uri=paths.tracking_uri, experiment=EXPERIMENT,
                                      registered_model=STAGE1_MODEL if stage == 1 else STAGE2_MODEL),
         run=dataclasses.replace(base.run, name=ray_run_name(stage), storage_path=paths.ray_storage,
                                 output_dir=paths.stage1 if stage == 1 else paths.stage2,
-                                num_workers=2 if cfg.cpus() >= 2 else 1),
+                                num_workers=cfg.workers(), use_gpu=cfg.use_gpu, cpus_per_worker=1),
     )
 
 
@@ -250,7 +297,7 @@ def evaluate(cfg: DemoConfig, paths: DemoPaths, step: StepRecord, model_uri: str
     # METEOR runs a Java scorer; without Java the other caption metrics are still computed.
     protocol = dataclasses.replace(base.protocol, meteor=shutil.which("java") is not None)
     config = base.replace(max_queries_per_task=cfg.preset.eval_queries, cache_dir=paths.eval_cache,
-                          experiment=EVAL_EXPERIMENT, protocol=protocol)
+                          experiment=EVAL_EXPERIMENT, protocol=protocol, num_gpus=1.0 if cfg.use_gpu else 0.0)
     result = run_evaluation(model_uri, paths.clips, paths.eval_out, config, tracking_uri=paths.tracking_uri)
     head = headline_metrics(result.results)
     step.note(f"{result.num_clips} clips, {result.num_prompts} prompts; "

@@ -75,13 +75,6 @@ def transform_boxes(boxes: np.ndarray, transform: np.ndarray) -> np.ndarray:
     return minmax_to_boxes(corners.min(axis=1), corners.max(axis=1))
 
 
-def predicted_boxes_to_aligned(
-    boxes_first_cam: np.ndarray, axis_alignment: np.ndarray, first_cam_to_world: np.ndarray
-) -> np.ndarray:
-    """Predicted boxes (first-camera frame) -> benchmark axis-aligned frame, for scoring against ScanNet boxes."""
-    return transform_boxes(boxes_first_cam, first_camera_to_aligned(axis_alignment, first_cam_to_world))
-
-
 def aligned_boxes_to_first_camera(
     boxes_aligned: np.ndarray, axis_alignment: np.ndarray, first_cam_to_world: np.ndarray
 ) -> np.ndarray:

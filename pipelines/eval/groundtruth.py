@@ -2,7 +2,8 @@
 
 The benchmark readers (``pipelines.scenes``) produce richer records; :func:`qa_items` and :func:`refer_items` turn
 any records carrying the published field names (objects with attributes, or the raw JSON dicts) into these, so the
-harness depends only on the field names of the datasets (see the reference's §3.2):
+harness depends only on the field names of the datasets' published files (``docs/evaluation.md``,
+``pipelines/scenes/annotations.py``):
 
 * ScanQA / SQA3D: ``question_id``, ``scene_id``, ``answers`` (strings, or SQA3D's ``[{"answer": ...}]``),
   optional ``question``, optional question family (``family``, else ``question_type`` unless ``"N/A"``; without
@@ -25,9 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.eval.metrics.boxes import as_boxes
 from pipelines.eval.metrics.qa import question_family
-from pipelines.scenes.types import SceneMetadata
 
 ObjectKey = tuple[str, int]
 
@@ -187,13 +186,3 @@ def scan2cap_references(records: Iterable[Any]) -> dict[ObjectKey, tuple[str, ..
             raise ValueError(f"Scan2Cap object {key} has an empty or non-string description")
         refs[key].extend(texts)
     return {k: tuple(v) for k, v in refs.items()}
-
-
-def boxes_from_metadata(scenes: Iterable[SceneMetadata]) -> dict[ObjectKey, np.ndarray]:
-    """``(scene_id, object_id)`` -> ``[6]`` centre+size box from the scenes' annotated objects."""
-    out: dict[ObjectKey, np.ndarray] = {}
-    for scene in scenes:
-        for obj in scene.objects:
-            box = np.concatenate([np.asarray(obj.center, np.float64), np.asarray(obj.size, np.float64)])
-            out[(scene.scene_id, int(obj.object_id))] = as_boxes(box, f"{scene.scene_id}/{obj.object_id}")[0]
-    return out

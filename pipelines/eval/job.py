@@ -234,13 +234,14 @@ class ClipPredictor:
     def __init__(self, model_uri: str, tracking_uri: str | None, config: dict[str, Any], out: str) -> None:
         import torch
 
-        from pipelines.artifacts import load_model_and_tokenizer, resolve_model
+        from pipelines.artifacts import load_model_and_processor, resolve_model
 
         self.cfg = EvalJobConfig.from_dict(config)
         self.out = out
         self.device = "cuda" if self.cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         source = resolve_model(model_uri, tracking_uri, self.cfg.cache_dir)
-        self.model, self.tokenizer = load_model_and_tokenizer(source.local_dir, self.device)
+        # The exported processor: the prompts, chat template and frame conversion the model was trained with.
+        self.model, self.processor = load_model_and_processor(source.local_dir, self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         out: dict[str, list] = {"records": [], "seconds": [], "prompts": []}
@@ -267,21 +268,21 @@ class ClipPredictor:
         """
         import torch
 
-        cfg, model, tok = self.cfg, self.model, self.tokenizer
-        video = torch.from_numpy(frames).to(self.device).permute(0, 3, 1, 2).float().div(255.0)[None]
+        cfg, model, processor = self.cfg, self.model, self.processor
+        video = processor.frames_to_tensor(torch.from_numpy(frames).to(self.device)[None])  # [1, S, 3, H, W] in [0, 1]
         scene = model.encode_scene(video)
         records: list[dict] = []
         prompts = 0
         for task in ("scanqa", "sqa3d"):
             for chunk in _chunks(ann.get(task, []), cfg.prompt_batch_size):
                 texts = [e["question"] if task == "scanqa" else f"{e['situation']} {e['question']}" for e in chunk]
-                answers = model.answer(scene, texts, tok, max_new_tokens=cfg.max_new_tokens_answer)
+                answers = model.answer(scene, texts, processor, max_new_tokens=cfg.max_new_tokens_answer)
                 prompts += len(texts)
                 records += [{"task": task, "scene_id": scene_id, "question_id": str(e["question_id"]), "answer": a}
                             for e, a in zip(chunk, answers, strict=True)]
         for task in ("scanrefer", "multi3drefer"):
             for chunk in _chunks(ann.get(task, []), cfg.prompt_batch_size):
-                grounding = model.ground(scene, [e["description"] for e in chunk], tok, max_new_tokens=1)
+                grounding = model.ground(scene, [e["description"] for e in chunk], processor, max_new_tokens=1)
                 prompts += len(chunk)
                 for j, e in enumerate(chunk):
                     b = grounding.boxes[j].float().cpu().numpy()
@@ -304,7 +305,7 @@ class ClipPredictor:
         for protocol, aligned, first in captioned:
             for chunk in _chunks(list(zip(aligned, first, strict=True)), cfg.prompt_batch_size):
                 first_cam = torch.tensor([f for _, f in chunk], dtype=torch.float32, device=self.device)
-                captions = model.caption(scene, first_cam, tok, max_new_tokens=cfg.max_new_tokens_caption)
+                captions = model.caption(scene, first_cam, processor, max_new_tokens=cfg.max_new_tokens_caption)
                 prompts += len(chunk)
                 records.append({"task": "scan2cap", "scene_id": scene_id, "frame": "aligned", "protocol": protocol,
                                 "boxes": [a for a, _ in chunk], "captions": list(captions)})

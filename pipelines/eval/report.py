@@ -49,7 +49,7 @@ PROTOCOL_TASKS: dict[str, tuple[str, ...]] = {
     "scanrefer": GROUNDING_PROTOCOLS, "multi3drefer": GROUNDING_PROTOCOLS, "scan2cap": CAPTIONING_PROTOCOLS,
 }
 
-# Vid-LLM's published values (secondary source, see the reference notes §1.9); for orientation only. The paper
+# Vid-LLM's published values (the paper's result tables, arXiv 2509.24385); for orientation only. The paper
 # scores ScanRefer and Scan2Cap with Mask3D proposals, so their values stand only next to the proposals rows.
 PAPER_VALUES: dict[str, float] = {
     "ScanQA CIDEr": 101.9,

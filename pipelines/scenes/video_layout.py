@@ -1,7 +1,7 @@
 """The ScanNet-style video layout defined by this project: an RGB video plus pose/intrinsics/depth sidecars.
 
 ScanNet ships per-frame JPEGs; re-encoding colour as a short-GOP video cuts storage and makes uniform sampling cheap
-(perf anchors §1.3). The sensor samples (pose, optional depth) keep their own clock and are matched to video frames
+(``bench/bench_decode.py`` measures uniform sampling of such a video). The sensor samples (pose, optional depth) keep their own clock and are matched to video frames
 by timestamp. Layout of ``<root>/videos/<scene_id>/``::
 
     scene.json           manifest (the layout's defining file), see below

@@ -75,6 +75,10 @@ def build_parser() -> CliParser:
           help="object-store prefix /v1/scenes:from_uri may read (repeatable), e.g. s3://scenes/uploads/")
     alias(group, "--auth-token-env", "auth_token_env", help="environment variable holding the bearer token (enables auth)")
     alias(group, "--device", "device", choices=("cpu", "cuda"), help="torch device of the model replicas")
+    alias(group, "--dtype", "dtype", choices=("auto", "bf16", "fp32"),
+          help="weight dtype of the model replicas (default auto: bf16 on cuda, fp32 on cpu)")
+    alias(group, "--frame-size", "limits.frame_size", type=int,
+          help="side of the square frames the model is fed, pixels (default 0: the encoder's image_size)")
     alias(group, "--num-gpus", "model.num_gpus", type=float, help="GPUs per model replica")
     alias(group, "--min-replicas", "model.autoscaling.min_replicas", type=int,
           help="autoscaling lower bound of model replicas")

@@ -322,6 +322,22 @@ class VidLLMIngress:
             result = await self._call(method, scene_id, scene_id, *args, source.frames)
         return result
 
+    # ---- hooks of the routes mounted on this app (the viewer, pipelines/serve/viewer) ---------------------------
+
+    def authorize(self, request: Request) -> None:
+        """Refuse (401) a request without the configured bearer token (a no-op when auth is off)."""
+        self._authorize(request)
+
+    def registered_scenes(self) -> list[tuple[str, int]]:
+        """``(scene_id, frames_used)`` of every scene this replica holds (registered, not evicted), most recently
+        used first."""
+        return [(scene_id, int(source.frames.shape[0])) for scene_id, source in self._sources.items()]
+
+    async def scene_geometry(self, scene_id: str) -> dict[str, np.ndarray]:
+        """Metric depth ``[S, H, W]``, camera-from-world ``[S, 3, 4]`` and intrinsics ``[S, 3, 3]`` of a registered
+        scene, as API v1 computes them (422 for a malformed id, 404 for an unknown or evicted scene)."""
+        return await self._scene_call(scene_id, "geometry")
+
     async def _register(self, read: Callable[[], Awaitable[bytes]], field: str) -> SceneResponse:
         """Read the video (``read``), sample it and register the scene. Reading and decoding hold one of the
         ``max_concurrent_decodes`` slots, so video bytes and decoder memory are bounded by the slots."""

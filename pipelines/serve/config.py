@@ -165,6 +165,9 @@ class LimitsConfig:
         min_source_frames: fewest distinct frames a video must present (422 ``video_too_short`` below): sampling
             ``num_frames`` from fewer repeats frames, and one view reconstructs nothing.
         num_frames: frames sampled uniformly from each video for the model (``S``).
+        frame_size: side of the square frames the model is fed, pixels (a multiple of the patch size; videos are
+            centre-cropped and resized to it). ``0``: the encoder's position-grid size (``image_size``, 518 for
+            DINOv2); a model trained at a smaller size is best served at the size it was trained at.
         max_question_chars: longest question.
         max_description_chars: longest grounding description.
         max_uri_chars: longest scene URI.
@@ -182,6 +185,7 @@ class LimitsConfig:
     max_source_frames: int = 20_000
     min_source_frames: int = 8
     num_frames: int = 32
+    frame_size: int = 0
     max_question_chars: int = 1000
     max_description_chars: int = 500
     max_uri_chars: int = 2048
@@ -203,6 +207,9 @@ class LimitsConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"limits.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.frame_size, int) or self.frame_size < 0:
+            raise ValueError(f"limits.frame_size must be 0 (the encoder's image_size) or a side in pixels, got "
+                             f"{self.frame_size!r}")
         _positive("limits.max_duration_s", self.max_duration_s)
         _positive("limits.max_box_extent_m", self.max_box_extent_m)
 
@@ -224,6 +231,10 @@ class HTTPConfig:
         return {"host": self.host, "port": self.port, "request_timeout_s": self.request_timeout_s}
 
 
+#: ``ServeConfig.dtype`` values and the torch dtype each loads (``auto``: chosen by the device).
+DTYPES = {"auto": None, "bf16": "bfloat16", "fp32": "float32"}
+
+
 @dataclass
 class ServeConfig:
     """Everything the Vid-LLM Serve application needs.
@@ -243,6 +254,8 @@ class ServeConfig:
         app_name: Serve application name.
         route_prefix: HTTP route prefix of the application.
         device: torch device of the model replicas ("cuda" needs ``model.num_gpus`` > 0).
+        dtype: weight dtype of the model replicas: ``auto`` (bf16 on ``cuda``, fp32 on ``cpu``), ``bf16`` or
+            ``fp32``. Geometry (depth, poses, boxes) is computed in fp32 either way (``model/precision.py``).
         model: model deployment settings.
         ingress: ingress deployment settings.
         limits: request limits.
@@ -257,6 +270,7 @@ class ServeConfig:
     app_name: str = "vidllm"
     route_prefix: str = "/"
     device: str = "cuda"
+    dtype: str = "auto"
     model: ModelDeploymentConfig = field(default_factory=ModelDeploymentConfig)
     ingress: IngressConfig = field(default_factory=IngressConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -287,6 +301,8 @@ class ServeConfig:
             raise ValueError(f"route_prefix must start with '/', got {self.route_prefix!r}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.device == "cuda" and self.model.num_gpus <= 0:
             raise ValueError("device='cuda' needs model.num_gpus > 0; use device='cpu' for CPU replicas")
         if self.model.max_ongoing_requests < self.model.max_batch_size:
@@ -294,6 +310,10 @@ class ServeConfig:
                 f"model.max_ongoing_requests ({self.model.max_ongoing_requests}) must be >= model.max_batch_size "
                 f"({self.model.max_batch_size}), or batches can never fill"
             )
+
+    def torch_dtype(self) -> str:
+        """The torch dtype name the replicas load the weights in (``dtype`` with ``auto`` resolved by ``device``)."""
+        return DTYPES[self.dtype] or ("bfloat16" if self.device == "cuda" else "float32")
 
     @classmethod
     def tiny(cls, model_uri: str, **overrides: Any) -> ServeConfig:

@@ -12,9 +12,10 @@ Request flow inside a replica:
   Cached encodings of different scenes are concatenated along the batch axis, padding the variable number of
   scene tokens with masked-out zeros. A batch that raises is run again item by item (:func:`isolate_failures`),
   so a failing request fails alone and its neighbours are answered.
-* Client text is tokenized on its own before it joins a batch: text the tokenizer refuses, or that would not fit
-  the model's context next to the scene tokens and the answer, is a :class:`ModelInputError` (422 naming the
-  field) for that request only.
+* Client text is turned into the model's prompt by the exported processor (:class:`model.VidLLMProcessor`: the
+  prompt template, and the chat template when the model was trained with one) on its own before it joins a batch:
+  text the tokenizer refuses, or whose prompt would not fit the model's context next to the scene tokens and the
+  answer, is a :class:`ModelInputError` (422 naming the field) for that request only.
 
 Routing affinity: the ingress tags each call with ``multiplexed_model_id = scene_id``. The replica "loads" that id
 through ``@serve.multiplexed`` (a no-op that only advertises the id), so Serve's router prefers the replica that
@@ -43,7 +44,8 @@ import numpy as np
 import torch
 from ray import serve
 
-from pipelines.artifacts import load_model_and_tokenizer, resolve_model
+from model.tokenizer import LOC_TOKEN
+from pipelines.artifacts import load_model_and_processor, resolve_model
 from pipelines.serve.cache import ByteLRU
 from pipelines.serve.config import ServeConfig
 from pipelines.serve.errors import ModelInputError
@@ -56,8 +58,6 @@ logger = logging.getLogger("ray.serve")
 _ROUTING_SLOTS = 1024
 # Recent batch sizes kept for stats() (a bounded window, not a log that grows with every batch).
 _BATCH_SIZE_WINDOW = 256
-# Tokens a prompt template adds around the client's text (qa/grounding prompts hold fewer than this).
-_PROMPT_TEMPLATE_TOKENS = 32
 
 
 @dataclass(frozen=True)
@@ -145,9 +145,13 @@ class VidLLMModel:
         self._cfg = ServeConfig.from_dict(config)
         checkpoint = resolve_model(self._cfg.model_uri, os.environ.get("MLFLOW_TRACKING_URI"),
                                    self._cfg.model_cache_dir).local_dir
-        self._model, self._tokenizer = load_model_and_tokenizer(checkpoint, self._cfg.device)
+        self._model, self._processor = load_model_and_processor(checkpoint, self._cfg.device,
+                                                                self._cfg.torch_dtype())
         self._device = torch.device(self._cfg.device)
-        size = int(self._model.vidllm_config.encoder.dinov2["image_size"])
+        size = self._cfg.limits.frame_size or int(self._model.vidllm_config.encoder.dinov2["image_size"])
+        if size % self._processor.patch_size:
+            raise ValueError(f"limits.frame_size {size} is not a multiple of the model's patch size "
+                             f"{self._processor.patch_size}")
         self._spec = SamplingSpec(num_frames=self._cfg.limits.num_frames, height=size, width=size)
         self._cache: ByteLRU[Any] = ByteLRU(self._cfg.model.cache_bytes)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidllm-model")
@@ -158,8 +162,9 @@ class VidLLMModel:
         self.batch_sizes: deque[int] = deque(maxlen=_BATCH_SIZE_WINDOW)
         self._max_positions = getattr(self._model.llm.config, "max_position_embeddings", None)
         # The task tokens (<scene>, <loc>) are among the tokenizer's special tokens.
-        self._reserved = sorted({str(t) for t in self._tokenizer.all_special_tokens})
-        logger.info("VidLLM loaded from %s (%s); sampling %s", checkpoint, self._cfg.device, self._spec)
+        self._reserved = sorted({str(t) for t in self._processor.tokenizer.all_special_tokens})
+        logger.info("VidLLM loaded from %s (%s, %s); sampling %s", checkpoint, self._cfg.device,
+                    self._model.dtype, self._spec)
 
     # ---- control -------------------------------------------------------------------------------------------
 
@@ -173,20 +178,23 @@ class VidLLMModel:
         """Cache statistics and the last ``_BATCH_SIZE_WINDOW`` batch sizes of this replica."""
         return {"cache": self._cache.stats(), "batch_sizes": list(self.batch_sizes)}
 
-    def _check_text(self, field: str, text: str, encoding: Any) -> None:
-        """Refuse (422) client text the tokenizer cannot encode, or that does not fit the model's context next to
-        the scene's tokens and the answer; this runs per request, before the text joins a batch."""
+    def _check_text(self, field: str, prompt: str, encoding: Any, answer_prefix: str = "") -> None:
+        """Refuse (422) a prompt around client text that the tokenizer cannot encode, or that does not fit the
+        model's context next to the scene's tokens and the answer; this runs per request, before the text joins a
+        batch. ``prompt`` is the processor's prompt (template and client text), tokenized exactly as the batch
+        will tokenize it."""
         try:
-            count = len(self._tokenizer(text)["input_ids"])
+            count = len(self._processor.prompt_ids(prompt, answer_prefix))
         except Exception as exc:  # noqa: BLE001 - any tokenizer failure is this text's fault
             raise ModelInputError(f"{field} cannot be tokenized ({type(exc).__name__})", field) from exc
         if self._max_positions is None:
             return
-        needed = count + int(encoding.mask.sum()) + self._cfg.limits.max_new_tokens + _PROMPT_TEMPLATE_TOKENS
+        # The prompt's one <scene> id becomes the scene's tokens.
+        needed = count - 1 + int(encoding.mask.sum()) + self._cfg.limits.max_new_tokens
         if needed > self._max_positions:
             raise ModelInputError(
-                f"{field} is {count} tokens; with the scene and the answer it needs {needed} positions, the model "
-                f"has {self._max_positions}", field)
+                f"{field} makes a {count}-token prompt; with the scene and the answer it needs {needed} positions, "
+                f"the model has {self._max_positions}", field)
 
     @serve.multiplexed(max_num_models_per_replica=_ROUTING_SLOTS)
     async def _route_scene(self, scene_id: str) -> str:
@@ -233,7 +241,7 @@ class VidLLMModel:
 
     async def answer(self, scene_id: str, question: str, frames: np.ndarray | None = None) -> str | SceneMiss:
         async def step(enc: Any) -> str:
-            self._check_text("question", question, enc)
+            self._check_text("question", self._processor.qa_prompt(question), enc)
             return unwrap(await self._answer_batch((enc, question)))
 
         return await self._with_scene(scene_id, frames, step)
@@ -248,7 +256,7 @@ class VidLLMModel:
         self, scene_id: str, description: str, frames: np.ndarray | None = None
     ) -> list[dict[str, Any]] | SceneMiss:
         async def step(enc: Any) -> list[dict[str, Any]]:
-            self._check_text("description", description, enc)
+            self._check_text("description", self._processor.grounding_prompt(description), enc, LOC_TOKEN)
             return unwrap(await self._ground_batch((enc, description)))
 
         return await self._with_scene(scene_id, frames, step)
@@ -275,7 +283,8 @@ class VidLLMModel:
 
         def work(batch: list[np.ndarray]) -> list[Any]:
             frames = torch.from_numpy(np.stack(batch)).to(self._device)  # [B, S, H, W, 3] uint8
-            frames = frames.permute(0, 1, 4, 2, 3).float().div_(255.0)  # [B, S, 3, H, W] in [0, 1]
+            # [B, S, 3, H, W] in [0, 1], in the weights' dtype
+            frames = self._processor.frames_to_tensor(frames).to(self._model.dtype)
             with torch.inference_mode():
                 encoding = self._model.encode_scene(frames)
             return [encoding.select([i]) for i in range(len(batch))]
@@ -290,7 +299,7 @@ class VidLLMModel:
             scene = concat_encodings([enc for enc, _ in batch])
             with torch.inference_mode():
                 return self._model.answer(
-                    scene, [q for _, q in batch], self._tokenizer, max_new_tokens=self._cfg.limits.max_new_tokens
+                    scene, [q for _, q in batch], self._processor, max_new_tokens=self._cfg.limits.max_new_tokens
                 )
 
         return await isolate_failures(lambda batch: self._run(work, batch), items)
@@ -304,7 +313,7 @@ class VidLLMModel:
             boxes = torch.tensor([b for _, b in batch], dtype=torch.float32, device=self._device)  # [B, 6]
             with torch.inference_mode():
                 return self._model.caption(
-                    scene, boxes, self._tokenizer, max_new_tokens=self._cfg.limits.max_new_tokens
+                    scene, boxes, self._processor, max_new_tokens=self._cfg.limits.max_new_tokens
                 )
 
         return await isolate_failures(lambda batch: self._run(work, batch), items)
@@ -317,7 +326,7 @@ class VidLLMModel:
         def work(batch: list[tuple[Any, str]]) -> list[list[dict[str, Any]]]:
             scene = concat_encodings([enc for enc, _ in batch])
             with torch.inference_mode():
-                out = self._model.ground(scene, [d for _, d in batch], self._tokenizer)
+                out = self._model.ground(scene, [d for _, d in batch], self._processor)
             return ranked_boxes(out.boxes.float().cpu().numpy(), out.scores.float().cpu().numpy(), top_k)
 
         return await isolate_failures(lambda batch: self._run(work, batch), items)

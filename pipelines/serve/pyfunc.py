@@ -16,9 +16,11 @@ Input schema (a pandas DataFrame, or a list of dicts, one row per question):
     video_bytes    binary    ... the video file's bytes (exactly one of ``video``/``video_bytes``)
     =============  ========  ==========================================================================
 
-Params: ``max_new_tokens`` (default 16) and ``num_frames`` (frames sampled from the video, default 8). Output: a
+Params: ``max_new_tokens`` (default 16), ``num_frames`` (frames sampled from the video, default 8) and
+``frame_size`` (side of the square frames the model is fed; default 0: the encoder's ``image_size``). Output: a
 DataFrame with one column ``answer``. Frames are sampled and resized exactly as the HTTP endpoint does
-(:func:`pipelines.serve.video_input.sample_clip`), so the same video and question get the same answer.
+(:func:`pipelines.serve.video_input.sample_clip`) and questions prompted through the checkpoint's own processor
+(:class:`model.VidLLMProcessor`), so the same video and question get the same answer.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ CHECKPOINT_ARTIFACT = "checkpoint"
 
 
 def signature():
-    """The model signature: inputs ``question`` + ``video``/``video_bytes``, output ``answer``, two params."""
+    """The model signature: inputs ``question`` + ``video``/``video_bytes``, output ``answer``, three params."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
@@ -42,7 +44,8 @@ def signature():
         inputs=Schema([ColSpec("string", "question"), ColSpec("string", "video", required=False),
                        ColSpec("binary", "video_bytes", required=False)]),
         outputs=Schema([ColSpec("string", "answer")]),
-        params=ParamSchema([ParamSpec("max_new_tokens", "long", 16), ParamSpec("num_frames", "long", 8)]),
+        params=ParamSchema([ParamSpec("max_new_tokens", "long", 16), ParamSpec("num_frames", "long", 8),
+                            ParamSpec("frame_size", "long", 0)]),
     )
 
 
@@ -50,27 +53,31 @@ class VidLLMPyfunc(mlflow.pyfunc.PythonModel):
     """Loads the checkpoint once (:meth:`load_context`) and answers one question per input row."""
 
     def load_context(self, context) -> None:
-        from pipelines.artifacts import load_model_and_tokenizer
+        from pipelines.artifacts import load_model_and_processor
 
-        self.model, self.tokenizer = load_model_and_tokenizer(context.artifacts[CHECKPOINT_ARTIFACT])
+        self.model, self.processor = load_model_and_processor(context.artifacts[CHECKPOINT_ARTIFACT])
         self.size = int(self.model.vidllm_config.encoder.dinov2["image_size"])
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
         import pandas as pd
         import torch
 
-        params = {"max_new_tokens": 16, "num_frames": 8, **(params or {})}
+        params = {"max_new_tokens": 16, "num_frames": 8, "frame_size": 0, **(params or {})}
+        size = int(params["frame_size"]) or self.size
+        if size % self.processor.patch_size:
+            raise ValueError(f"frame_size {size} is not a multiple of the model's patch size "
+                             f"{self.processor.patch_size}")
         rows = model_input.to_dict("records") if isinstance(model_input, pd.DataFrame) else list(model_input)
         answers = []
         for i, row in enumerate(rows):
-            frames = self._frames(row, i, int(params["num_frames"]))
+            frames = self._frames(row, i, int(params["num_frames"]), size)
             with torch.inference_mode():
-                scene = self.model.encode_scene(torch.from_numpy(frames[None]).permute(0, 1, 4, 2, 3).float() / 255)
-                answers += self.model.answer(scene, [str(row["question"])], self.tokenizer,
+                scene = self.model.encode_scene(self.processor.frames_to_tensor(frames[None]))
+                answers += self.model.answer(scene, [str(row["question"])], self.processor,
                                              max_new_tokens=int(params["max_new_tokens"]))
         return pd.DataFrame({"answer": answers})
 
-    def _frames(self, row: dict[str, Any], index: int, num_frames: int):
+    def _frames(self, row: dict[str, Any], index: int, num_frames: int, size: int):
         from pipelines import storage
         from pipelines.serve.config import LimitsConfig
         from pipelines.serve.errors import ApiError
@@ -82,7 +89,7 @@ class VidLLMPyfunc(mlflow.pyfunc.PythonModel):
         if video:
             data = storage.read_bytes(str(video))
         try:
-            return sample_clip(bytes(data), SamplingSpec(num_frames, self.size, self.size), LimitsConfig()).frames
+            return sample_clip(bytes(data), SamplingSpec(num_frames, size, size), LimitsConfig()).frames
         except ApiError as err:
             raise ValueError(f"row {index}: {err.detail}") from err
 

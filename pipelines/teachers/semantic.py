@@ -54,8 +54,9 @@ def write_random_clip(out_dir: str, config=None, seed: int = 0) -> str:
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     config = config or CLIPVisionConfig(**CLIP_L_336)
-    setattr(config, STANDIN_KEY, f"random CLIPVisionModel (seed {seed}) standing in for CLIP ViT-L/14-336: "
-                                 "no trained CLIP weights are installable offline")
+    shape = f"{config.num_hidden_layers} layers, width {config.hidden_size}, {config.image_size} px"
+    setattr(config, STANDIN_KEY, f"random CLIPVisionModel (seed {seed}; {shape}) standing in for CLIP "
+                                 "ViT-L/14-336: no trained CLIP weights are installable offline")
     torch.manual_seed(seed)
     CLIPVisionModel(config).save_pretrained(out_dir, safe_serialization=True)
     return out_dir

@@ -13,7 +13,11 @@ merges all ranks' files into one directory. The ranks then exchange their file l
 after a barrier rank 0 checks every listed file is in storage with the right size and only then writes
 ``COMPLETE.json``. A crash anywhere before that leaves a directory without a marker.
 
-Restore (:func:`find_latest_complete`) lists the run directory itself instead of trusting
+Restore: each rank downloads only what it loads (:func:`rank_files`): the training state, DeepSpeed's shared files
+(``latest``; under ZeRO-1/2 the module states ``mp_rank_00_model_states.pt``, which every rank holds in full) and
+its own ``zero_pp_rank_<rank>_*`` shards, never the other ranks' (for the paper-size model each rank's optimizer
+shard is ~12 GB and a whole checkpoint ~100 GB). :func:`find_latest_complete` lists the run directory itself instead
+of trusting
 ``ray.train.get_checkpoint()``: Ray registers a checkpoint as soon as the upload of ``report`` ends (asynchronously
 to the controller), which can be before the marker exists. A directory whose marker is missing,
 unparsable or lists a file that is absent or of the wrong size is never loaded.
@@ -40,6 +44,7 @@ STATE_FILE = "train_state.json"
 DS_SUBDIR = "ds"
 DS_TAG = "engine"
 _DIR_RE = re.compile(r"^checkpoint_step(\d{8})$")
+_RANK_FILE_RE = re.compile(r"zero_pp_rank_(\d+)_")
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -169,8 +174,20 @@ def save_checkpoint(engine, state: TrainState, metrics: dict[str, Any]) -> None:
     dist.barrier()
 
 
-def load_checkpoint(engine, fs: pafs.FileSystem, path: str) -> TrainState:
-    """Load the complete checkpoint at ``path`` into ``engine`` (every rank) and return its train state.
+def rank_files(files: list[str], rank: int) -> list[str]:
+    """The files of a checkpoint (relative paths, as its marker lists them) that data-parallel ``rank`` loads:
+    everything but the other ranks' ``zero_pp_rank_<r>_*`` shards."""
+    mine = []
+    for rel in files:
+        match = _RANK_FILE_RE.search(rel.rsplit("/", 1)[-1])
+        if match is None or int(match.group(1)) == rank:
+            mine.append(rel)
+    return mine
+
+
+def load_checkpoint(engine, fs: pafs.FileSystem, path: str, rank: int) -> TrainState:
+    """Load the complete checkpoint at ``path`` into ``engine`` and return its train state; ``rank`` downloads only
+    its :func:`rank_files`.
 
     Raises:
         RuntimeError: when the checkpoint fails :func:`verify_checkpoint` (checked again here, on every rank).
@@ -178,8 +195,14 @@ def load_checkpoint(engine, fs: pafs.FileSystem, path: str) -> TrainState:
     ok, reason = verify_checkpoint(fs, path)
     if not ok:
         raise RuntimeError(f"refusing to load checkpoint {path}: {reason}")
+    with fs.open_input_stream(f"{path}/{MARKER}") as f:
+        listed = sorted(json.loads(f.read())["files"])
     with tempfile.TemporaryDirectory(prefix="vidllm-restore-") as tmp:
-        pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        for rel in rank_files(listed, rank):
+            local = Path(tmp, rel)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            pafs.copy_files(f"{path}/{rel}", str(local), source_filesystem=fs,
+                            destination_filesystem=pafs.LocalFileSystem())
         load_path, client_state = engine.load_checkpoint(os.path.join(tmp, DS_SUBDIR), tag=DS_TAG)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {path}")

@@ -45,25 +45,37 @@ class DataConfig:
         num_frames: frames per clip fed to the model; ``0`` keeps every stored frame.
         task_mix: Stage-2 sampling ratios over the language tasks (``qa``, ``caption``, ``grounding``); a task a
             sample has no annotation for is skipped and the others renormalised.
-        max_text_tokens: prompt+answer length cap (tokens); answers are truncated, the prompt keeps ``<scene>``.
+        max_text_tokens: prompt+answer length cap (tokens); ``0`` (the default): no cap, every text is kept whole
+            and a batch is padded to its longest text. Under a cap only prompt bodies are shortened; an example
+            whose answer (with EOS) and fixed prompt parts exceed it is not trained on (its row keeps the clip's
+            geometry losses, carries no language label) and is reported: counted per step (``text_skipped``) and
+            logged with its sample key.
         max_boxes: GT boxes per sample for grounding (padded with ``box_mask=False``).
         shuffle_shards: shuffle each rank's shard order per epoch (seeded by ``seed`` and the epoch).
         seed: base seed for shard order and task sampling.
+        num_workers: loader processes per rank that read, decode and collate micro-batches ahead of the training
+            step (``torch.utils.data.DataLoader`` workers; ``0``: in the training process, no overlap).
+        prefetch_batches: micro-batches each loader process keeps ready.
     """
 
     manifest_uri: str = ""
     micro_batch_size: int = 2
     num_frames: int = 0
     task_mix: dict[str, float] = field(default_factory=lambda: {"qa": 0.5, "caption": 0.25, "grounding": 0.25})
-    max_text_tokens: int = 64
+    max_text_tokens: int = 0
     max_boxes: int = 4
     shuffle_shards: bool = True
     seed: int = 0
+    num_workers: int = 1
+    prefetch_batches: int = 2
 
     def __post_init__(self) -> None:
         _check(self.micro_batch_size >= 1, "data.micro_batch_size", f"must be >= 1, got {self.micro_batch_size}")
         _check(self.num_frames >= 0, "data.num_frames", f"must be >= 0, got {self.num_frames}")
-        _check(self.max_text_tokens >= 4, "data.max_text_tokens", f"must be >= 4, got {self.max_text_tokens}")
+        _check(self.max_text_tokens == 0 or self.max_text_tokens >= 4, "data.max_text_tokens",
+               f"must be 0 (no cap) or >= 4, got {self.max_text_tokens}")
+        _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
+        _check(self.prefetch_batches >= 1, "data.prefetch_batches", f"must be >= 1, got {self.prefetch_batches}")
         _check(self.max_boxes >= 1, "data.max_boxes", f"must be >= 1, got {self.max_boxes}")
         unknown = set(self.task_mix) - set(TASKS)
         _check(not unknown, "data.task_mix", f"unknown tasks {sorted(unknown)} (known: {list(TASKS)})")
@@ -100,24 +112,76 @@ class OptimConfig:
         _check(self.grad_clip > 0, "optim.grad_clip", "must be > 0")
 
 
+OFFLOAD_DEVICES = ("none", "cpu")
+
+
 @dataclass
 class DeepSpeedConfig:
     """Engine settings turned into a DeepSpeed config by :mod:`pipelines.train.deepspeed_config`.
 
+    Bucket sizes are in elements (DeepSpeed's unit). They bound the communication buffers each rank allocates, so
+    they appear in the memory estimate (:mod:`pipelines.train.memory`).
+
     Attributes:
         zero_stage: ZeRO stage 1, 2 or 3.
         grad_accum_steps: micro-batches per optimizer step.
-        precision: ``"auto"`` (bf16 on GPU, fp32 on CPU), ``"bf16"`` or ``"fp32"``.
+        precision: ``"auto"`` (bf16 on GPU, fp32 on CPU), ``"bf16"`` or ``"fp32"``. Under bf16 the weights,
+            activations and gradients are bf16 and the optimizer keeps fp32 master weights (what is exported);
+            the model computes geometry and metric-depth probabilities in fp32 (:mod:`model.precision`).
+        offload_optimizer: ``"cpu"`` keeps optimizer states and master weights in host memory (DeepSpeed's
+            CPUAdam steps them there); ``"none"`` keeps them on the GPU.
+        offload_params: ``"cpu"`` keeps the partitioned parameters in host memory between uses (ZeRO-3 only).
+        overlap_comm: overlap gradient reduction (and ZeRO-3 parameter prefetch) with the backward pass.
+        reduce_bucket_size: elements per gradient reduce bucket.
+        allgather_bucket_size: elements per parameter all-gather bucket after the step (ZeRO-1/2).
+        prefetch_bucket_size: elements of parameters fetched ahead of use (ZeRO-3).
+        max_live_parameters: elements of gathered parameters kept at once before releasing (ZeRO-3).
+        param_persistence_threshold: parameters with fewer elements stay gathered on every rank (ZeRO-3).
     """
 
     zero_stage: int = 2
     grad_accum_steps: int = 1
     precision: str = "auto"
+    offload_optimizer: str = "none"
+    offload_params: str = "none"
+    overlap_comm: bool = True
+    reduce_bucket_size: int = 200_000_000
+    allgather_bucket_size: int = 200_000_000
+    prefetch_bucket_size: int = 50_000_000
+    max_live_parameters: int = 1_000_000_000
+    param_persistence_threshold: int = 100_000
 
     def __post_init__(self) -> None:
         _check(self.zero_stage in (1, 2, 3), "deepspeed.zero_stage", f"must be 1, 2 or 3, got {self.zero_stage}")
         _check(self.grad_accum_steps >= 1, "deepspeed.grad_accum_steps", "must be >= 1")
         _check(self.precision in ("auto", "bf16", "fp32"), "deepspeed.precision", "auto, bf16 or fp32")
+        for name in ("offload_optimizer", "offload_params"):
+            _check(getattr(self, name) in OFFLOAD_DEVICES, f"deepspeed.{name}",
+                   f"one of {list(OFFLOAD_DEVICES)}, got {getattr(self, name)!r}")
+        _check(self.offload_params == "none" or self.zero_stage == 3, "deepspeed.offload_params",
+               "parameter offload needs deepspeed.zero_stage=3")
+        for name in ("reduce_bucket_size", "allgather_bucket_size", "prefetch_bucket_size", "max_live_parameters"):
+            _check(getattr(self, name) >= 1, f"deepspeed.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _check(self.param_persistence_threshold >= 0, "deepspeed.param_persistence_threshold", "must be >= 0")
+
+
+@dataclass
+class ActivationCheckpointingConfig:
+    """Which components recompute their activations in the backward pass instead of storing them
+    (:meth:`model.VidLLM.set_activation_checkpointing`, applied to the model whether it is built from ``model`` or
+    loaded from ``init_from``). Same losses and gradients; less memory; about one extra forward of those parts.
+
+    Attributes:
+        encoder: each DINOv2 layer.
+        reconstruction: each frame and global block of the alternating attention.
+        heads: the DPT heads and the metric-depth decoder, per frame chunk.
+        llm: each LLM decoder layer.
+    """
+
+    encoder: bool = False
+    reconstruction: bool = False
+    heads: bool = False
+    llm: bool = False
 
 
 @dataclass
@@ -182,6 +246,10 @@ class RunConfig:
         cpus_per_worker: CPUs reserved per worker.
         max_failures: worker-group restarts from the last complete checkpoint before giving up.
         num_checkpoints_to_keep: checkpoints Ray Train keeps.
+        gpu_memory_gib: memory of one GPU; ``--dry-run`` says whether the estimated per-GPU peak fits it (``0``:
+            not judged).
+        export_shard_mib: largest weight file of the export (fp32 MiB); more weights are split into shards with
+            an index (:mod:`pipelines.train.export`), written by the ranks in turn.
     """
 
     name: str = "vidllm-train"
@@ -192,9 +260,13 @@ class RunConfig:
     cpus_per_worker: float = 1.0
     max_failures: int = 1
     num_checkpoints_to_keep: int = 3
+    gpu_memory_gib: float = 0.0
+    export_shard_mib: int = 4096
 
     def __post_init__(self) -> None:
         _check(bool(self.name) and "/" not in self.name, "run.name", "non-empty, without '/'")
+        _check(self.gpu_memory_gib >= 0, "run.gpu_memory_gib", f"must be >= 0, got {self.gpu_memory_gib}")
+        _check(self.export_shard_mib >= 1, "run.export_shard_mib", f"must be >= 1, got {self.export_shard_mib}")
         _check(self.num_workers >= 1, "run.num_workers", "must be >= 1")
         _check(self.max_failures >= -1, "run.max_failures", "must be >= -1 (-1: unlimited)")
         _check(self.num_checkpoints_to_keep >= 2, "run.num_checkpoints_to_keep",
@@ -247,6 +319,7 @@ class TrainConfig:
         data: shards and batching.
         optim: optimizer and learning-rate schedule.
         deepspeed: DeepSpeed engine settings.
+        activation_checkpointing: which components recompute activations in the backward pass.
         schedule: run length, logging and checkpointing.
         loss: loss weights and loss hyper-parameters of :class:`model.losses.MultitaskLoss`.
         freeze: which parameters train.
@@ -262,6 +335,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    activation_checkpointing: ActivationCheckpointingConfig = field(default_factory=ActivationCheckpointingConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossWeights = field(default_factory=LossWeights)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
@@ -340,25 +414,52 @@ def stage1() -> TrainConfig:
     return TrainConfig(
         stage=1,
         model=VidLLMConfig.small().to_dict(),
+        data=DataConfig(num_workers=2),
         optim=OptimConfig(lr=1e-4, warmup_steps=200),
         schedule=ScheduleConfig(num_epochs=10, checkpoint_every=500, log_every=10),
         loss=stage_policy(1)[0],
         freeze=stage_policy(1)[1],
-        run=RunConfig(name="vidllm-stage1", num_workers=8, use_gpu=True, cpus_per_worker=8),
+        run=_cluster_run("vidllm-stage1"),
     )
+
+
+#: Usable memory of one 80 GB GPU (A100/H100 80 GB: 80 GiB, less ~2 GiB for the CUDA context and NCCL buffers).
+GPU_80GB_USABLE_GIB = 78.0
+
+
+def _cluster_run(name: str) -> RunConfig:
+    """8 GPU workers of 8 CPUs each: one 8-GPU node of ``ray_cluster.yaml``/``infra/k8s/rayjob-train.yaml``."""
+    return RunConfig(name=name, num_workers=8, use_gpu=True, cpus_per_worker=8, gpu_memory_gib=GPU_80GB_USABLE_GIB)
 
 
 def stage2() -> TrainConfig:
     """Stage 2 (joint optimisation, encoder frozen) from a Stage-1 model named by ``init_from``, ZeRO-3."""
     return TrainConfig(
         stage=2,
+        data=DataConfig(num_workers=2),
         optim=OptimConfig(lr=2e-5, warmup_steps=200),
         deepspeed=DeepSpeedConfig(zero_stage=3),
         schedule=ScheduleConfig(num_epochs=3, checkpoint_every=500, log_every=10),
         loss=stage_policy(2)[0],
         freeze=stage_policy(2)[1],
-        run=RunConfig(name="vidllm-stage2", num_workers=8, use_gpu=True, cpus_per_worker=8),
+        run=_cluster_run("vidllm-stage2"),
     )
+
+
+def stage2_base() -> TrainConfig:
+    """Stage 2 of the paper-size model (a Stage-1 export of ``VidLLMConfig.base()``: DINOv2-L/14-reg, VGGT-1B-size
+    reconstruction, a Vicuna-7B-shaped LLM; 8.0 B parameters) on one node of 8 x 80 GB GPUs.
+
+    The recipe the memory model (:mod:`pipelines.train.memory`, ``--dry-run``) says fits: ZeRO-3 (every rank holds
+    1/8 of the weights, gradients and optimizer state), bf16, micro-batch 2 of 32 frames, activation checkpointing
+    of every component. Without checkpointing one 32-frame clip alone needs ~100 GiB of activations.
+    """
+    cfg = stage2()
+    cfg.data = DataConfig(micro_batch_size=2, num_frames=32, num_workers=2)
+    cfg.activation_checkpointing = ActivationCheckpointingConfig(encoder=True, reconstruction=True, heads=True,
+                                                                 llm=True)
+    cfg.run = _cluster_run("vidllm-stage2-base")
+    return cfg
 
 
 def tiny(stage: int = 1) -> TrainConfig:
@@ -368,7 +469,7 @@ def tiny(stage: int = 1) -> TrainConfig:
     return TrainConfig(
         stage=stage,
         model=VidLLMConfig.tiny().to_dict() if stage == 1 else {},
-        data=DataConfig(micro_batch_size=2, max_text_tokens=256),
+        data=DataConfig(micro_batch_size=2),
         optim=OptimConfig(lr=3e-3, warmup_steps=2, min_lr_ratio=0.3),
         deepspeed=DeepSpeedConfig(zero_stage=2, precision="fp32"),
         schedule=ScheduleConfig(num_epochs=1, checkpoint_every=2, log_every=1),
@@ -378,7 +479,7 @@ def tiny(stage: int = 1) -> TrainConfig:
     )
 
 
-PRESETS = {"stage1": stage1, "stage2": stage2, "tiny": tiny}
+PRESETS = {"stage1": stage1, "stage2": stage2, "stage2_base": stage2_base, "tiny": tiny}
 
 
 def spec(stage: int | None = None) -> pconfig.ConfigSpec:
@@ -401,8 +502,8 @@ def resolve_config(source: str | Sequence[str] | None, overrides: Sequence[str |
     if not sources:
         sources = [f"stage{stage or 1}"]
     for name in sources:
-        if stage is not None and name in ("stage1", "stage2") and name != f"stage{stage}":
-            raise ConfigError(f"--stage {stage} with --config {name}: that preset holds Stage {name[-1]}'s "
+        if stage is not None and name in PRESETS and name != "tiny" and PRESETS[name]().stage != stage:
+            raise ConfigError(f"--stage {stage} with --config {name}: that preset holds Stage {PRESETS[name]().stage}'s "
                               f"training policy (loss weights, freezing); use --config stage{stage}")
     forced = [("stage", stage, False)] if stage is not None else []
     return spec(stage).load(sources, [*forced, *overrides])

@@ -17,6 +17,19 @@ samples puts it where the interrupted run stopped.
 Streaming uses the ``webdataset`` library's tar expander and key grouping over fsspec file objects
 (:func:`pipelines.manifest.webdataset_pipeline`), so shards on S3 stream without local copies.
 
+Loading overlaps the training step (:func:`micro_batch_loader`): ``data.num_workers`` DataLoader processes per rank
+read, decode (frames, teacher targets) and collate micro-batches, ``data.prefetch_batches`` each ahead, while the
+rank's main thread trains. Micro-batch ``m`` of the epoch is collated by worker ``m % num_workers`` and the
+DataLoader hands the workers' results back round-robin, so the rank sees exactly the order of a single stream (and
+a resumed run the same micro-batches). Every worker walks the rank's whole tar stream and decodes only its own
+micro-batches: reading is repeated per worker, decoding is not.
+
+Text budget (``data.max_text_tokens``, Stage 2): ``0`` keeps every text whole and pads a batch to its longest.
+Under a cap, an example whose labels cannot fit (:class:`model.tokenizer.TextBudgetError`) is never cut: its row
+keeps the clip (frames and geometry targets) with a bare ``<scene>`` prompt, no label and no box, so every rank
+still runs the same modules on the same number of rows, and its key is returned with the batch (the trainer
+counts and logs it). The decision depends only on the sample, so a rerun skips the same examples.
+
 Stage 2 language targets: per sample one task is drawn from ``data.task_mix`` among the tasks the clip has
 annotations for, with a generator seeded by ``(seed, epoch, sample key)`` (deterministic across restarts). A clip
 with no annotation for any task of the mix (a scene without a question of the chosen kind) still trains its
@@ -32,9 +45,9 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -65,6 +78,18 @@ class LanguageExample:
     prompt: str
     answer: str
     boxes: np.ndarray | None
+
+
+class MicroBatch(NamedTuple):
+    """One collated micro-batch and the keys of the samples whose text did not fit ``data.max_text_tokens``.
+
+    Attributes:
+        batch: the :class:`model.VidLLMBatch`.
+        text_skipped: sample keys whose language example is not trained on (see the module docstring).
+    """
+
+    batch: Any
+    text_skipped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -221,16 +246,17 @@ class Collator:
     Args:
         cfg: data section of the training config.
         stage: 1 (frames + teacher targets) or 2 (frames, GT geometry, prompts/answers and GT boxes).
-        tokenizer: the model's tokenizer (Stage 2).
+        processor: the model's :class:`model.processor.VidLLMProcessor` (Stage 2): examples are encoded through it
+            (chat template included), exactly as the exported processor prompts at serving time.
         epoch: current epoch (seeds the task draw).
     """
 
-    def __init__(self, cfg: DataConfig, stage: int, tokenizer=None, epoch: int = 0) -> None:
-        if stage == 2 and tokenizer is None:
-            raise DataError("Stage-2 collation needs the tokenizer")
-        self.cfg, self.stage, self.tokenizer, self.epoch = cfg, stage, tokenizer, epoch
+    def __init__(self, cfg: DataConfig, stage: int, processor=None, epoch: int = 0) -> None:
+        if stage == 2 and processor is None:
+            raise DataError("Stage-2 collation needs the model's processor")
+        self.cfg, self.stage, self.processor, self.epoch = cfg, stage, processor, epoch
 
-    def __call__(self, raw: Sequence[Mapping[str, Any]]):
+    def __call__(self, raw: Sequence[Mapping[str, Any]]) -> MicroBatch:
         from model import VidLLMBatch
 
         samples = [decode_training_sample(r) for r in raw]
@@ -251,6 +277,7 @@ class Collator:
             raise DataError(f"samples {[s.key for s in samples]} have different frame counts {sorted(lengths)}; "
                             "set data.num_frames")
         fields: dict[str, Any] = {"frames": torch.stack(frames)}
+        skipped: tuple[str, ...] = ()
         if self.stage == 1:
             # Teacher targets only: without GT geometry or text the model skips reconstruction and the LLM,
             # which Stage 1 neither trains nor needs.
@@ -260,29 +287,38 @@ class Collator:
         else:
             # Stage 2 trains reconstruction/metric depth on GT geometry and the 3D-VL branch on text and boxes;
             # the teacher targets would only run the frozen distillation projections.
+            language, skipped = self._language(samples)
             fields.update(depth=torch.stack(depth), extrinsics=torch.stack(ext), intrinsics=torch.stack(intr),
-                          **self._language(samples))
-        return VidLLMBatch(**fields)
+                          **language)
+        return MicroBatch(VidLLMBatch(**fields), skipped)
 
-    def _language(self, samples: Sequence[TrainingSample]) -> dict[str, torch.Tensor]:
-        from model.tokenizer import SCENE_TOKEN, encode_example, prompt_pieces
+    def _language(self, samples: Sequence[TrainingSample]) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
+        from model.tokenizer import SCENE_TOKEN, TextBudgetError
 
-        tok = self.tokenizer
-        ids, labels, boxes = [], [], []
+        tok = self.processor.tokenizer
+        cap = self.cfg.max_text_tokens or None
+        ids, labels, boxes, skipped = [], [], [], []
         for s in samples:
             ex = pick_example(s, self.cfg.task_mix, self.cfg.seed, self.epoch)
             if ex is None:
                 # Geometry only (module docstring): ``<scene>`` and EOS, no label. EOS keeps a text token in the row
                 # when the scene has no token at all (the blind baseline), so no row of the LM input is empty.
-                i = sum(prompt_pieces(tok, SCENE_TOKEN)[:3], []) + [tok.eos_token_id]
+                i = tok(SCENE_TOKEN, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
                 ids.append(i)
                 labels.append([-100] * len(i))
                 boxes.append(np.zeros((0, 6), np.float32))
                 continue
             try:
-                i, lab = encode_example(tok, ex.prompt, ex.answer, self.cfg.max_text_tokens)
+                i, lab = self.processor.encode_example(ex.prompt, ex.answer, cap, example=s.key)
+            except TextBudgetError:
+                skipped.append(s.key)
+                i = tok(SCENE_TOKEN, add_special_tokens=False)["input_ids"]
+                ids.append(i)
+                labels.append([-100] * len(i))
+                boxes.append(np.zeros((0, 6), np.float32))
+                continue
             except ValueError as err:
-                raise DataError(f"sample {s.key}: {err}; raise data.max_text_tokens") from err
+                raise DataError(f"sample {s.key}: {err}") from err
             ids.append(i)
             labels.append(lab)
             boxes.append(ex.boxes if ex.boxes is not None else np.zeros((0, 6), np.float32))
@@ -302,12 +338,15 @@ class Collator:
             n = min(len(bx), t)
             box_t[b, :n] = torch.from_numpy(np.asarray(bx[:n], np.float32))
             box_mask[b, :n] = True
-        return {"input_ids": input_ids, "attention_mask": mask, "labels": label_t, "boxes": box_t,
-                "box_mask": box_mask}
+        return ({"input_ids": input_ids, "attention_mask": mask, "labels": label_t, "boxes": box_t,
+                 "box_mask": box_mask}, tuple(skipped))
 
 
-def iter_batches(plan: RankPlan, collator: Collator, micro_batch: int, num_micro: int, skip_micro: int = 0):
-    """Yield exactly ``num_micro - skip_micro`` micro-batches of this rank for one epoch.
+def iter_batches(plan: RankPlan, collator, micro_batch: int, num_micro: int, skip_micro: int = 0,
+                 worker: int = 0, num_workers: int = 1):
+    """Yield this rank's micro-batches ``skip_micro .. num_micro - 1`` of one epoch, collated by ``collator``;
+    with ``num_workers > 1`` only those with ``(m - skip_micro) % num_workers == worker`` (the others are read
+    past, not collated).
 
     Raises:
         DataError: when the shards hold fewer samples than the manifest promised (a rank would otherwise stall
@@ -318,4 +357,38 @@ def iter_batches(plan: RankPlan, collator: Collator, micro_batch: int, num_micro
         raw = [s for _, s in zip(range(micro_batch), stream, strict=False)]
         if len(raw) < micro_batch:
             raise DataError(f"rank stream ended after {m} micro-batches, the manifest promised {num_micro}")
-        yield collator(raw)
+        if (m - skip_micro) % num_workers == worker:
+            yield collator(raw)
+
+
+class RankStream(torch.utils.data.IterableDataset):
+    """This rank's micro-batches of one epoch as an ``IterableDataset``, split over the DataLoader's workers as
+    described in the module docstring (micro-batch ``m`` by worker ``(m - skip_micro) % num_workers``)."""
+
+    def __init__(self, plan: RankPlan, collator: Collator, micro_batch: int, num_micro: int,
+                 skip_micro: int = 0) -> None:
+        super().__init__()
+        self.plan, self.collator = plan, collator
+        self.micro_batch, self.num_micro, self.skip_micro = micro_batch, num_micro, skip_micro
+
+    def __iter__(self) -> Iterator[MicroBatch]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return iter_batches(self.plan, self.collator, self.micro_batch, self.num_micro, self.skip_micro, worker,
+                            workers)
+
+
+def _as_is(item: MicroBatch) -> MicroBatch:
+    """The DataLoader's ``collate_fn``: micro-batches are collated by :class:`Collator` already."""
+    return item
+
+
+def micro_batch_loader(plan: RankPlan, collator: Collator, cfg: DataConfig, num_micro: int,
+                       skip_micro: int = 0) -> Iterable[MicroBatch]:
+    """This rank's micro-batches ``skip_micro .. num_micro - 1`` of one epoch, in order, loaded by
+    ``cfg.num_workers`` background processes (``0``: in the calling thread)."""
+    stream = RankStream(plan, collator, cfg.micro_batch_size, num_micro, skip_micro)
+    if cfg.num_workers == 0:
+        return stream
+    return torch.utils.data.DataLoader(stream, batch_size=None, collate_fn=_as_is, num_workers=cfg.num_workers,
+                                       prefetch_factor=cfg.prefetch_batches)

@@ -1,14 +1,22 @@
-"""TrainConfig -> DeepSpeed config dict.
+"""TrainConfig -> DeepSpeed config dict, and the optimizer handed to ``deepspeed.initialize``.
 
-The optimizer is a torch ``AdamW`` passed to ``deepspeed.initialize`` as a client optimizer (not DeepSpeed's
-``"optimizer"`` section): DeepSpeed's FusedAdam/CPUAdam are C++ ops that JIT-compile for 2-2.5 min on a fresh machine
-(measured on 2 CPU cores), and a client optimizer lets us hand it only the trainable parameters. Wrapping a client optimizer in
-ZeRO needs ``zero_allow_untested_optimizer``.
+The optimizer is passed as a client optimizer (not DeepSpeed's ``"optimizer"`` section) so that it gets only the
+trainable parameters, in two weight-decay groups (:func:`pipelines.train.trainer.param_groups`):
+
+* on CUDA, DeepSpeed's ``FusedAdam`` (multi-tensor CUDA kernel; the image pre-builds it), or ``DeepSpeedCPUAdam``
+  when the optimizer is offloaded to host memory;
+* on CPU, ``torch.optim.AdamW``: DeepSpeed's CPU ops JIT-compile for 2-2.5 min on a fresh machine (measured on 2
+  cores) and bring nothing to gloo runs.
+
+Wrapping a client optimizer in ZeRO needs ``zero_allow_untested_optimizer``; ``zero_force_ds_cpu_optimizer`` is
+off so that a CPU run may offload with ``AdamW``.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import torch
 
 from pipelines.train.config import TrainConfig
 
@@ -18,6 +26,25 @@ def use_bf16(cfg: TrainConfig, on_gpu: bool) -> bool:
     if cfg.deepspeed.precision == "auto":
         return on_gpu
     return cfg.deepspeed.precision == "bf16"
+
+
+def zero_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The ``zero_optimization`` section: stage, overlap, bucket sizes and offload of ``cfg.deepspeed``."""
+    ds = cfg.deepspeed
+    zero: dict[str, Any] = {"stage": ds.zero_stage, "reduce_bucket_size": ds.reduce_bucket_size}
+    if ds.zero_stage >= 2:
+        zero.update({"overlap_comm": ds.overlap_comm, "contiguous_gradients": True})
+    if ds.zero_stage <= 2:
+        zero.update({"allgather_bucket_size": ds.allgather_bucket_size, "reduce_scatter": True})
+    else:
+        zero.update({"stage3_prefetch_bucket_size": ds.prefetch_bucket_size,
+                     "stage3_max_live_parameters": ds.max_live_parameters,
+                     "stage3_param_persistence_threshold": ds.param_persistence_threshold})
+    if ds.offload_optimizer != "none":
+        zero["offload_optimizer"] = {"device": ds.offload_optimizer, "pin_memory": True}
+    if ds.offload_params != "none":
+        zero["offload_param"] = {"device": ds.offload_params, "pin_memory": True}
+    return zero
 
 
 def build_deepspeed_config(cfg: TrainConfig, world_size: int, on_gpu: bool) -> dict[str, Any]:
@@ -35,20 +62,30 @@ def build_deepspeed_config(cfg: TrainConfig, world_size: int, on_gpu: bool) -> d
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     micro = cfg.data.micro_batch_size
     accum = cfg.deepspeed.grad_accum_steps
-    stage = cfg.deepspeed.zero_stage
-    zero: dict[str, Any] = {"stage": stage}
-    if stage >= 2:
-        zero.update({"overlap_comm": False, "contiguous_gradients": True, "reduce_scatter": True})
-    bf16 = use_bf16(cfg, on_gpu)
     return {
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": accum,
         "train_batch_size": micro * accum * world_size,
         "gradient_clipping": cfg.optim.grad_clip,
-        "zero_optimization": zero,
+        "zero_optimization": zero_config(cfg),
         "zero_allow_untested_optimizer": True,
-        "bf16": {"enabled": bf16},
+        "zero_force_ds_cpu_optimizer": False,
+        "bf16": {"enabled": use_bf16(cfg, on_gpu)},
         "fp16": {"enabled": False},
         "steps_per_print": 10**9,  # progress goes to MLflow, not DeepSpeed's stdout logger
         "wall_clock_breakdown": False,
     }
+
+
+def build_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]], on_gpu: bool) -> torch.optim.Optimizer:
+    """AdamW over ``groups`` (see the module docstring for which implementation)."""
+    o = cfg.optim
+    if on_gpu and cfg.deepspeed.offload_optimizer == "cpu":
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=o.lr, betas=o.betas, adamw_mode=True)
+    if on_gpu:
+        from deepspeed.ops.adam import FusedAdam
+
+        return FusedAdam(groups, lr=o.lr, betas=o.betas, adam_w_mode=True)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas)

@@ -5,8 +5,11 @@ missing paths, inputs that do not exist (shard manifest, ``init_from``, pretrain
 unreadable model config, tokenizer ids that disagree with the LLM config, frames that are not multiples of the patch
 size, teacher widths that differ from the distillation config, more workers than the data can feed, and a
 connected cluster too small for the workers asked for. The model is built on the meta device (no memory, no
-weights), so the plan can report parameters per component, what trains and a per-GPU memory estimate
-(:func:`pipelines.train.memory.estimate_model_state`) for any preset, up to the paper's 8 B-parameter ``base()``.
+weights), so the plan can report parameters per component, what trains and the per-GPU peak memory of a training
+step (:func:`pipelines.train.memory.estimate_memory`: model state, DeepSpeed buffers and activations traced for the
+run's clip shape) for any preset, up to the paper's 8 B-parameter ``base()``; with ``run.gpu_memory_gib`` set, a
+step that does not fit is a problem. The clip shape is the first training sample's (frames subsampled to
+``data.num_frames``); without readable data, the encoder's image size and ``data.num_frames`` (or 8 frames) stand in.
 The real run does the same checks before Ray starts.
 """
 
@@ -21,7 +24,11 @@ from typing import Any
 from pipelines import preflight
 from pipelines.config import UsageError
 from pipelines.train.config import MODEL_ARTIFACT_FIELDS, TrainConfig
-from pipelines.train.memory import estimate_model_state
+from pipelines.train.memory import GIB, StepShape, estimate_memory, headroom_gib
+
+#: Text tokens per example assumed by the memory estimate when ``data.max_text_tokens`` is 0 (no cap): the
+#: benchmarks' longest examples (Multi3DRefer answers with several boxes) take about 120 tokens with a BPE tokenizer.
+ASSUMED_TEXT_TOKENS = 256
 
 
 @dataclass
@@ -48,8 +55,8 @@ def _attempt(plan: RunPlan, fn: Callable[[], Any]) -> Any:
     return None
 
 
-def _first_sample(manifest_uri: str) -> tuple[dict[str, Any], tuple[int, int]]:
-    """The first training sample's ``teacher.json`` and frame size ``(H, W)`` (one sample streamed, no more)."""
+def _first_sample(manifest_uri: str) -> tuple[dict[str, Any], tuple[int, int], int]:
+    """The first training sample's ``teacher.json``, frame size ``(H, W)`` and frame count (one sample streamed)."""
     from pipelines import storage
     from pipelines.schema import decode_frames, iter_tar_samples
     from pipelines.train.data import load_shards
@@ -59,7 +66,7 @@ def _first_sample(manifest_uri: str) -> tuple[dict[str, Any], tuple[int, int]]:
         sample = next(iter_tar_samples(stream, shard))
     frames = decode_frames(sample, sample["__key__"])
     teacher = json.loads(bytes(sample["teacher.json"])) if "teacher.json" in sample else {}
-    return teacher, (int(frames.shape[1]), int(frames.shape[2]))
+    return teacher, (int(frames.shape[1]), int(frames.shape[2])), int(frames.shape[0])
 
 
 def model_tree(cfg: TrainConfig, tracking_uri: str | None) -> dict[str, Any]:
@@ -114,7 +121,6 @@ def check_run(cfg: TrainConfig, tracking_uri: str | None = None, cluster: dict[s
     from model import VidLLM, VidLLMConfig
     from model.freezing import apply_freezing
     from pipelines.train.data import load_shards, steps_per_epoch
-    from pipelines.train.deepspeed_config import use_bf16
 
     plan = RunPlan(problems=cfg.run_problems())
     for name in ("run.output_dir", "run.storage_path"):
@@ -154,6 +160,7 @@ def check_run(cfg: TrainConfig, tracking_uri: str | None = None, cluster: dict[s
                 f"train config field 'run.num_workers': {workers} workers need {cpus:g} CPUs and {gpus} GPUs, the "
                 f"cluster has {cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} GPUs: lower "
                 "run.num_workers or run.cpus_per_worker, or add nodes")
+    clip = None
     if shards:
         total = sum(s.num_samples for s in shards)
         spe = _attempt(plan, lambda: steps_per_epoch(shards, workers, cfg.data.micro_batch_size,
@@ -164,8 +171,10 @@ def check_run(cfg: TrainConfig, tracking_uri: str | None = None, cluster: dict[s
             steps = cfg.schedule.max_steps or spe * cfg.schedule.num_epochs
             plan.lines.append(f"data: {total} samples in {len(shards)} shards, {spe} steps per epoch, {steps} steps")
         sample = _attempt(plan, lambda: _first_sample(cfg.data.manifest_uri))
+        if sample is not None:
+            clip = (sample[2], *sample[1])
         if sample is not None and vidllm_cfg is not None:
-            teacher, (h, w) = sample
+            teacher, (h, w), _ = sample
             patch = vidllm_cfg.patch_size
             plan.lines.append(f"frames: {h}x{w} pixels, patch {patch} -> {h // patch}x{w // patch} patches per frame")
             if h % patch or w % patch:
@@ -201,7 +210,42 @@ def check_run(cfg: TrainConfig, tracking_uri: str | None = None, cluster: dict[s
     if counts is not None:
         total = counts["trainable"] + counts["frozen"]
         plan.lines.append(f"  {'all':<15} {total / 1e6:10.2f} M / {counts['trainable'] / 1e6:10.2f} M")
-        bf16 = use_bf16(cfg, cfg.run.use_gpu)
-        estimate = estimate_model_state(total, counts["trainable"], cfg.deepspeed.zero_stage, workers, bf16)
-        plan.lines.append(f"memory ({'bf16' if bf16 else 'fp32'}, {workers} ranks): {estimate.describe()}")
+        _memory(plan, cfg, model, vidllm_cfg, clip)
     return plan
+
+
+def _memory(plan: RunPlan, cfg: TrainConfig, model, vidllm_cfg, clip: tuple[int, int, int] | None) -> None:
+    """The per-GPU memory lines of the plan, and a problem when the step does not fit ``run.gpu_memory_gib``."""
+    from pipelines.train.deepspeed_config import use_bf16
+
+    if clip is None:
+        size = int(vidllm_cfg.encoder.dinov2.get("image_size", 224))
+        frames, height, width, where = cfg.data.num_frames or 8, size, size, "nominal clip, no sample read"
+    else:
+        frames, height, width = clip
+        frames, where = min(frames, cfg.data.num_frames or frames), "clip shape of the first sample"
+    text = cfg.data.max_text_tokens or ASSUMED_TEXT_TOKENS
+    shape = StepShape(cfg.data.micro_batch_size, frames, height, width, text)
+    bf16 = use_bf16(cfg, cfg.run.use_gpu)
+    workers = cfg.run.num_workers
+    checkpointed = [k for k, v in dataclasses.asdict(cfg.activation_checkpointing).items() if v] or ["none"]
+    plan.lines.append(
+        f"memory per GPU ({'bf16' if bf16 else 'fp32'}, {workers} ranks, ZeRO-{cfg.deepspeed.zero_stage}, "
+        f"micro-batch {shape.micro_batch} x {frames} frames of {height}x{width} ({where}), "
+        f"{text if cfg.stage == 2 else 0} text tokens, activation checkpointing: {', '.join(checkpointed)}, "
+        f"offload optimizer {cfg.deepspeed.offload_optimizer}, params {cfg.deepspeed.offload_params}):")
+    estimate = _attempt(plan, lambda: estimate_memory(model, cfg, shape, workers, bf16))
+    if estimate is None:
+        return
+    plan.lines.append(f"  {estimate.describe()}")
+    gpu = cfg.run.gpu_memory_gib
+    if gpu:
+        left = headroom_gib(estimate, gpu)
+        if left >= 0:
+            plan.lines.append(f"  fits {gpu:g} GiB GPUs: {left:.1f} GiB headroom")
+        else:
+            plan.problems.append(
+                f"train config field 'run.gpu_memory_gib': the estimated step peak {estimate.total / GIB:.1f} GiB per "
+                f"GPU does not fit {gpu:g} GiB: lower data.micro_batch_size or data.num_frames, switch on "
+                "activation_checkpointing.*, use deepspeed.zero_stage=3, offload (deepspeed.offload_optimizer=cpu) "
+                "or add GPUs")

@@ -37,22 +37,23 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220), 
 LABELS = ("chair", "table", "lamp", "box")
 
 
-def _clip(scene_id: str, index: int, rng: np.random.Generator, frames: int, size: int, patch: int,
+def _clip(scene_id: str, index: int, rng: np.random.Generator, frames: int, hw: tuple[int, int], patch: int,
           geo_proj: np.ndarray, sem_proj: np.ndarray) -> tuple[ClipSample, np.ndarray, np.ndarray]:
     n_obj = 2
+    height, width = hw
     picks = rng.choice(len(LABELS), size=n_obj, replace=False)
     colours = rng.choice(list(COLOURS), size=n_obj, replace=False)
-    rgb = np.full((frames, size, size, 3), 128, np.uint8)
+    rgb = np.full((frames, height, width, 3), 128, np.uint8)
     plane = float(rng.uniform(1.5, 3.0))
     for s in range(frames):
         shift = s  # pixels of sideways motion per frame
         for k in range(n_obj):
-            x0 = (4 + 12 * k + shift) % (size - 8)
+            x0 = (4 + 12 * k + shift) % (width - 8)
             y0 = 6 + 8 * k
             rgb[s, y0:y0 + 8, x0:x0 + 8] = COLOURS[colours[k]]
-    depth = np.full((frames, size, size), plane, np.float32)
-    f = float(size)
-    intr = np.tile(np.array([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]], np.float32), (frames, 1, 1))
+    depth = np.full((frames, height, width), plane, np.float32)
+    f = float(width)
+    intr = np.tile(np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]], np.float32), (frames, 1, 1))
     c2w = np.tile(np.eye(4), (frames, 1, 1))
     c2w[:, 0, 3] = np.arange(frames) * plane / f  # the image shift of one pixel per frame at the plane depth
     ext = np.linalg.inv(c2w)[:, :3, :].astype(np.float32)  # world = first camera (c2w[0] is the identity)
@@ -75,28 +76,33 @@ def _clip(scene_id: str, index: int, rng: np.random.Generator, frames: int, size
         key=sample_key(scene_id, index), frames=rgb, depth_m=depth, cam_to_world=c2w, extrinsics=ext,
         intrinsics=intr, boxes={"axis_alignment": np.eye(4).tolist(), "objects": objects}, annotations=annotations,
         meta={"scene_id": scene_id, "clip_index": index, "source": "synthetic-train-shards"})
-    g = size // patch
-    pooled = rgb.reshape(frames, g, patch, g, patch, 3).mean(axis=(2, 4)).reshape(frames, g * g, 3) / 255.0
+    gh, gw = height // patch, width // patch
+    pooled = rgb.reshape(frames, gh, patch, gw, patch, 3).mean(axis=(2, 4)).reshape(frames, gh * gw, 3) / 255.0
     teacher_geo = np.tanh((pooled - 0.5) @ geo_proj).astype(np.float32)  # [S, P, Cg]
     teacher_sem = np.tanh((rgb.reshape(frames, -1, 3).mean(1) / 255.0 - 0.5) @ sem_proj).astype(np.float32)
     return clip, teacher_geo, teacher_sem
 
 
 def write_synthetic_shards(out: str, num_clips: int = 16, num_shards: int = 4, frames: int = 4, size: int = 28,
-                           patch: int = 14, geo_dim: int = 48, sem_dim: int = 40, seed: int = 0) -> str:
+                           patch: int = 14, geo_dim: int = 48, sem_dim: int = 40, seed: int = 0,
+                           width: int = 0, frame_codec: str = "npy") -> str:
     """Write ``num_clips`` training clips in ``num_shards`` shards plus ``manifest.json`` (last) under ``out``.
+
+    Frames are ``size`` pixels high and ``width`` wide (``0``: square), stored with ``frame_codec`` (``npy``, or
+    ``jpeg`` as the ingest stage writes them).
 
     Returns:
         The manifest URI.
     """
-    if size % patch:
-        raise ValueError(f"frame size {size} must be a multiple of the patch size {patch}")
+    width = width or size
+    if size % patch or width % patch:
+        raise ValueError(f"frame size {size}x{width} must be a multiple of the patch size {patch}")
     rng = np.random.default_rng(seed)
     geo_proj = rng.normal(size=(3, geo_dim)) * 2
     sem_proj = rng.normal(size=(3, sem_dim)) * 2
-    config = {"num_clips": num_clips, "num_shards": num_shards, "frames": frames, "size": size, "patch": patch,
-              "geo_dim": geo_dim, "sem_dim": sem_dim, "seed": seed}
-    info = {"patch_grid": [size // patch, size // patch], "geo_dim": geo_dim, "sem_dim": sem_dim,
+    config = {"num_clips": num_clips, "num_shards": num_shards, "frames": frames, "size": size, "width": width,
+              "patch": patch, "geo_dim": geo_dim, "sem_dim": sem_dim, "seed": seed, "frame_codec": frame_codec}
+    info = {"patch_grid": [size // patch, width // patch], "geo_dim": geo_dim, "sem_dim": sem_dim,
             "geometry": "synthetic-linear", "semantic": "synthetic-linear"}
     per_shard = np.array_split(np.arange(num_clips), num_shards)
     records = []
@@ -104,8 +110,8 @@ def write_synthetic_shards(out: str, num_clips: int = 16, num_shards: int = 4, f
         members, keys, scenes = [], [], []
         for i in idx:
             scene_id = f"synth{int(i):04d}_00"
-            clip, geo, sem = _clip(scene_id, 0, rng, frames, size, patch, geo_proj, sem_proj)
-            sample = {**encode_clip_sample(clip, frame_codec="npy"), **encode_teacher_fields(geo, sem, info)}
+            clip, geo, sem = _clip(scene_id, 0, rng, frames, (size, width), patch, geo_proj, sem_proj)
+            sample = {**encode_clip_sample(clip, frame_codec=frame_codec), **encode_teacher_fields(geo, sem, info)}
             members.extend(sample_members(sample))
             keys.append(clip.key)
             scenes.append(scene_id)

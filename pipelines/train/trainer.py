@@ -7,6 +7,13 @@ checkpoint storage) and runs :func:`pipelines.train.loop.train_loop_per_worker`,
 
 Training policy comes from the config only: what trains (``cfg.freeze`` glob patterns) and the loss weights
 (``cfg.loss``) are set by the stage presets of :mod:`pipelines.train.config`.
+
+At scale: the model is put in training mode whatever its source (``from_pretrained`` returns eval mode) and gets
+the config's activation checkpointing; the optimizer, offload, buckets and ``overlap_comm`` come from
+:mod:`pipelines.train.deepspeed_config`; micro-batches come from background loader processes
+(:func:`pipelines.train.data.micro_batch_loader`) and the time a step waits for them is the ``data_wait_s`` metric
+(the slowest rank's); restore reads only this rank's shards and the export writes the fp32 masters
+(:mod:`pipelines.train.checkpointing`, :mod:`pipelines.train.export`).
 """
 
 from __future__ import annotations
@@ -27,8 +34,9 @@ import torch
 from pipelines import storage
 from pipelines.train.checkpointing import TrainState, find_latest_complete, load_checkpoint, save_checkpoint
 from pipelines.train.config import MODEL_ARTIFACT_FIELDS, TrainConfig
-from pipelines.train.data import Collator, iter_batches, load_shards, plan_rank, steps_per_epoch
-from pipelines.train.deepspeed_config import build_deepspeed_config, use_bf16
+from pipelines.train.data import Collator, load_shards, micro_batch_loader, plan_rank, steps_per_epoch
+from pipelines.train.deepspeed_config import build_deepspeed_config, build_optimizer, use_bf16
+from pipelines.train.export import frozen_fp32_copies, plan_export
 from pipelines.train.progress import ProgressLine, StepLog
 
 logger = logging.getLogger(__name__)
@@ -79,8 +87,10 @@ class StepResult:
         terms: mean of every loss term over the micro-batches.
         samples: samples seen.
         tokens: non-padding text tokens seen.
-        without_language: samples with no text target (no annotation for the task mix; geometry only).
+        without_language: samples with no text target (no annotation for the task mix, or text over the cap).
         position: the data position after the step (resume point).
+        data_wait_s: time the step waited for its micro-batches (loading not hidden behind compute).
+        text_skipped: examples whose text did not fit ``data.max_text_tokens`` (trained without language labels).
     """
 
     loss: float
@@ -89,6 +99,8 @@ class StepResult:
     tokens: int
     without_language: int
     position: TrainState
+    data_wait_s: float = 0.0
+    text_skipped: int = 0
 
 
 def skip_shm_comm_build() -> None:
@@ -142,38 +154,29 @@ def localize_model_paths(model: dict[str, Any], cache_dir: str = "") -> dict[str
 
 
 def build_model(cfg: TrainConfig, tracking_uri: str):
-    """``(model, tokenizer)``: random init from ``cfg.model`` (seeded by ``data.seed``, the same on every rank),
-    or the trained model named by ``init_from`` (any :mod:`pipelines.artifacts` URI) with the tokenizer saved
-    next to its weights."""
-    from model import VidLLM, VidLLMConfig, build_tokenizer
-    from pipelines.artifacts import load_tokenizer, resolve_model
+    """``(model, processor)``: random init from ``cfg.model`` (seeded by ``data.seed``, the same on every rank)
+    with the processor its config describes, or the trained model named by ``init_from`` (any
+    :mod:`pipelines.artifacts` URI) with the processor saved next to its weights. Training encodes its examples
+    through this processor, and the export saves it, so serving prompts exactly as training did."""
+    from model import VidLLM, VidLLMConfig, VidLLMProcessor
+    from pipelines.artifacts import load_processor, resolve_model
 
     if cfg.init_from:
         checkpoint = resolve_model(cfg.init_from, tracking_uri, flag="init_from").local_dir
         model = VidLLM.from_pretrained(checkpoint)
-        return model, load_tokenizer(checkpoint, model.vidllm_config)
+        return model, load_processor(checkpoint, model.vidllm_config)
     torch.manual_seed(cfg.data.seed)
     model = VidLLM(VidLLMConfig.from_dict(localize_model_paths(cfg.model)))
-    return model, build_tokenizer(model.vidllm_config)
+    return model, VidLLMProcessor.from_config(model.vidllm_config)
 
 
 class TrainingModule(torch.nn.Module):
     """The module DeepSpeed wraps: model forward + loss, returning only tensors ``(total, stacked terms)``.
 
-    Why a wrapper: ZeRO-3 fetches a module's partitioned parameters again in backward through hooks that it attaches
-    to the tensors a module returns, and it finds tensors only in tensors, tuples, lists and dicts. Vid-LLM's
-    components return dataclasses (``EncoderOutput``, ``VidLLMOutput``, ...), which DeepSpeed cannot see into
-    ("A module has unknown inputs or outputs type"), and backward then fails ("active_backward_submodules is
-    empty"). Under ZeRO-3 this wrapper is therefore marked as a ZeRO-3 *leaf* (:func:`prepare_for_zero3`): its
-    parameters are gathered once per forward/backward instead of module by module; optimizer states, gradients and
-    parameters at rest stay partitioned. (Gathering per sub-module needs dict-like model outputs, e.g.
-    ``transformers.utils.ModelOutput``.)
-
-    ``frames`` is a separate tensor argument because DeepSpeed reduces a leaf's gradients in a full backward hook,
-    which PyTorch fires once the gradients w.r.t. the module's tensor inputs exist. With no input requiring grad it
-    fires before any parameter gradient is computed (DeepSpeed then zero-fills and partitions them, and the real
-    gradients no longer fit). Under ZeRO-3 the loop passes ``frames`` with ``requires_grad=True``: the hook then
-    fires at the very end of backward. The price is backpropagating to the pixels through a frozen encoder.
+    The model's outputs and its batch are ``transformers.utils.ModelOutput`` dicts (:mod:`model.outputs`), so
+    under ZeRO-3 DeepSpeed hooks every sub-module: it gathers a module's partitioned parameters just before the
+    module runs and releases them after, in the forward and again in the backward pass. Frozen modules whose inputs
+    need no gradient (Stage 2's encoder) build no graph, so the backward never reaches them.
     """
 
     def __init__(self, model: torch.nn.Module, loss_fn: Callable) -> None:
@@ -182,19 +185,11 @@ class TrainingModule(torch.nn.Module):
         self.loss_fn = loss_fn
         self.term_names: list[str] = []
 
-    def forward(self, frames: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = dataclasses.replace(batch, frames=frames)
+    def forward(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         loss, terms = self.loss_fn(self.model(batch), batch)
         self.term_names = sorted(terms)
         stacked = torch.stack([terms[k].float() for k in self.term_names]) if terms else loss.new_zeros(0)
         return loss, stacked
-
-
-def prepare_for_zero3(module: TrainingModule) -> None:
-    """Mark the training wrapper as a ZeRO-3 leaf module (see :class:`TrainingModule` for why)."""
-    from deepspeed.utils.z3_leaf_module import set_z3_leaf_modules_by_name
-
-    set_z3_leaf_modules_by_name(module, [""])
 
 
 class Trainer:
@@ -208,13 +203,12 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, ctx: WorkerContext, tracking: TrackingContext) -> None:
         self.cfg, self.ctx, self.tracking = cfg, ctx, tracking
-        self.zero3 = cfg.deepspeed.zero_stage == 3
         self.dtype = torch.bfloat16 if use_bf16(cfg, ctx.device.type == "cuda") else None
         self.tracker = self.step_log = self.progress = None
 
     # ---------------------------------------------------------------------------------------------- build
     def build(self) -> Trainer:
-        """Model and tokenizer, freezing, data plan, optimizer and schedule, loss, DeepSpeed engine."""
+        """Model and processor, freezing, data plan, optimizer and schedule, loss, DeepSpeed engine."""
         import deepspeed
 
         from model.freezing import apply_freezing
@@ -222,24 +216,28 @@ class Trainer:
         from pipelines.tracking import bound_http_retries
 
         cfg, ctx = self.cfg, self.ctx
+        on_gpu = ctx.device.type == "cuda"
         skip_shm_comm_build()
         bound_http_retries()
-        self.model, self.tokenizer = build_model(cfg, self.tracking.tracking_uri)
+        self.model, self.processor = build_model(cfg, self.tracking.tracking_uri)
+        # from_pretrained (Stage 2's init_from) returns a model in eval mode; dropout, the training-time random
+        # frame sampling and activation checkpointing need training mode.
+        self.model.train()
+        self.model.set_activation_checkpointing(**dataclasses.asdict(cfg.activation_checkpointing))
         self.param_counts = apply_freezing(self.model, cfg.freeze.trainable, cfg.freeze.frozen)
         self.shards = load_shards(cfg.data.manifest_uri)
         self.accum = cfg.deepspeed.grad_accum_steps
         self.steps_per_epoch = steps_per_epoch(self.shards, ctx.world, cfg.data.micro_batch_size, self.accum)
         self.total_steps = cfg.schedule.max_steps or self.steps_per_epoch * cfg.schedule.num_epochs
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                                           betas=cfg.optim.betas)
+        self.export_plan = plan_export(self.model, ctx.world, cfg.run.export_shard_mib)
+        self.frozen_fp32 = frozen_fp32_copies(self.model, self.export_plan, ctx.rank)
+        self.optimizer = build_optimizer(cfg, param_groups(self.model, cfg.optim.weight_decay), on_gpu)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(cfg.optim.warmup_steps, self.total_steps, cfg.optim.min_lr_ratio))
         self.module = TrainingModule(self.model, MultitaskLoss(cfg.loss))
-        if self.zero3:
-            prepare_for_zero3(self.module)
         self.engine, _, _, _ = deepspeed.initialize(
             model=self.module, optimizer=self.optimizer, lr_scheduler=self.scheduler,
-            config=build_deepspeed_config(cfg, ctx.world, ctx.device.type == "cuda"), dist_init_required=False)
+            config=build_deepspeed_config(cfg, ctx.world, on_gpu), dist_init_required=False)
         return self
 
     # ---------------------------------------------------------------------------------------------- state
@@ -250,7 +248,7 @@ class Trainer:
         found = find_latest_complete(self.ctx.checkpoint_fs, self.ctx.checkpoint_path)
         if found is None:
             return None
-        state = load_checkpoint(self.engine, self.ctx.checkpoint_fs, found[1])
+        state = load_checkpoint(self.engine, self.ctx.checkpoint_fs, found[1], self.ctx.rank)
         logger.warning("rank %d resumed from %s (step %d)", self.ctx.rank, found[1], state.step)
         return state
 
@@ -261,9 +259,9 @@ class Trainer:
         epoch, skip = state.epoch, state.micro_in_epoch
         while True:
             plan = plan_rank(self.shards, ctx.rank, ctx.world, epoch, cfg.data.seed, cfg.data.shuffle_shards)
-            collator = Collator(cfg.data, cfg.stage, self.tokenizer, epoch)
-            for i, batch in enumerate(iter_batches(plan, collator, cfg.data.micro_batch_size, per_epoch, skip)):
-                yield epoch, skip + i + 1, batch
+            collator = Collator(cfg.data, cfg.stage, self.processor, epoch)
+            for i, item in enumerate(micro_batch_loader(plan, collator, cfg.data, per_epoch, skip)):
+                yield epoch, skip + i + 1, item
             epoch, skip = epoch + 1, 0
 
     # ---------------------------------------------------------------------------------------------- step
@@ -273,11 +271,15 @@ class Trainer:
         terms: dict[str, float] = {}
         samples = tokens = without_language = 0
         epoch = micro = 0
+        wait = 0.0
+        skipped: list[str] = []
         for _ in range(self.accum):
-            epoch, micro, batch = next(batches)
-            batch = batch.to(self.ctx.device, dtype=self.dtype)
-            frames = batch.frames.requires_grad_(self.zero3)  # see TrainingModule for why
-            loss, stacked = self.engine(frames, batch)
+            started = time.perf_counter()
+            epoch, micro, item = next(batches)
+            wait += time.perf_counter() - started
+            skipped += item.text_skipped
+            batch = item.batch.to(self.ctx.device, dtype=self.dtype)
+            loss, stacked = self.engine(batch)
             self.engine.backward(loss)
             self.engine.step()
             losses.append(float(loss.detach()))
@@ -289,21 +291,27 @@ class Trainer:
                 without_language += int((~(batch.labels != -100).any(dim=1)).sum())
         if micro == self.steps_per_epoch * self.accum:
             epoch, micro = epoch + 1, 0
+        for key in skipped:
+            logger.warning("rank %d: sample %s: its text does not fit data.max_text_tokens=%d; trained without "
+                           "language labels", self.ctx.rank, key, self.cfg.data.max_text_tokens)
         return StepResult(sum(losses) / self.accum, terms, samples, tokens, without_language,
-                          TrainState(-1, epoch, micro))
+                          TrainState(-1, epoch, micro), wait, len(skipped))
 
     def step_metrics(self, result: StepResult, seconds: float) -> dict[str, float]:
         """The step's metrics over all ranks (mean loss, total throughput, samples without a text target; loss
         terms are this rank's)."""
         import torch.distributed as dist
 
-        stats = torch.tensor([result.loss, result.samples, result.tokens, result.without_language],
+        stats = torch.tensor([result.loss, result.samples, result.tokens, result.text_skipped, result.without_language],
                              dtype=torch.float64, device=self.ctx.device)
         dist.all_reduce(stats)
+        waits = torch.tensor([result.data_wait_s], dtype=torch.float64, device=self.ctx.device)
+        dist.all_reduce(waits, op=dist.ReduceOp.MAX)
         return {"loss": stats[0].item() / self.ctx.world, "lr": self.scheduler.get_last_lr()[0],
                 "step_time_s": seconds, "samples_per_s": stats[1].item() / seconds,
-                "tokens_per_s": stats[2].item() / seconds, "samples_without_language": stats[3].item(),
-                "epoch": result.position.epoch,
+                "tokens_per_s": stats[2].item() / seconds, "epoch": result.position.epoch,
+                "data_wait_s": waits.item(), "text_skipped": stats[3].item(),
+                "samples_without_language": stats[4].item(),
                 **{f"loss_{k}": v for k, v in result.terms.items()}}
 
     # ---------------------------------------------------------------------------------------------- report
@@ -373,7 +381,8 @@ class Trainer:
         """Gather the weights and write the HF-layout export to ``<output_dir>/model`` (collective)."""
         from pipelines.train.export import export_model
 
-        return export_model(self.engine.module.model, self.tokenizer, self.cfg, self.ctx.rank)
+        return export_model(self.engine.module.model, self.processor, self.cfg, self.ctx.rank, self.export_plan,
+                            self.frozen_fp32)
 
     # ---------------------------------------------------------------------------------------------- the loop
     def fit(self) -> None:

@@ -8,12 +8,12 @@ from pipelines.eval.alignment import aligned_boxes_to_first_camera
 from pipelines.eval.groundtruth import (
     GroundTruth,
     ReconstructionTarget,
-    boxes_from_metadata,
     qa_items,
     refer_items,
     scan2cap_references,
 )
 from pipelines.eval.harness import EvalConfig
+from pipelines.eval.metrics.boxes import as_boxes, box_iou_matrix
 from pipelines.eval.predictions import (
     AnswerPrediction,
     BoxPrediction,
@@ -24,6 +24,19 @@ from pipelines.scenes.types import ObjectBox, SceneMetadata
 
 S0, S1 = "scene0000_00", "scene0001_00"
 FAST = EvalConfig(meteor=False)
+
+
+def box_iou(a, b) -> float:
+    """IoU of two single centre+size boxes (``[6]`` each)."""
+    return float(box_iou_matrix(as_boxes(a), as_boxes(b))[0, 0])
+
+
+def boxes_from_metadata(scenes) -> dict[tuple[str, int], np.ndarray]:
+    """``(scene_id, object_id)`` -> ``[6]`` centre+size box of the scenes' annotated objects (what the oracle is
+    scored against)."""
+    return {(scene.scene_id, int(obj.object_id)): np.concatenate([np.asarray(obj.center, np.float64),
+                                                                   np.asarray(obj.size, np.float64)])
+            for scene in scenes for obj in scene.objects}
 
 
 def _rz90_at(t) -> np.ndarray:

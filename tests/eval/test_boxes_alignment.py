@@ -8,10 +8,10 @@ import pytest
 from pipelines.eval.alignment import (
     aligned_boxes_to_first_camera,
     first_camera_to_aligned,
-    predicted_boxes_to_aligned,
     transform_boxes,
 )
-from pipelines.eval.metrics.boxes import as_boxes, box_corners, box_iou, box_iou_matrix
+from pipelines.eval.metrics.boxes import as_boxes, box_corners, box_iou_matrix
+from tests.eval.builders import box_iou
 
 CUBE2 = [0.0, 0.0, 0.0, 2.0, 2.0, 2.0]
 
@@ -85,7 +85,7 @@ def test_known_rotation_maps_box_to_aligned_frame():
     # Rz(90): (x, y, z) -> (-y, x, z): centre (1, 0, 2) -> (0, 1, 2) + (1, 0, -0.5); sizes x/y swap.
     expected = np.array([[1.0, 1.0, 1.5, 2.0, 1.0, 3.0]])
     np.testing.assert_allclose(
-        predicted_boxes_to_aligned(box_cam, axis_alignment, cam_to_world), expected, atol=1e-12
+        transform_boxes(box_cam, t), expected, atol=1e-12
     )
     np.testing.assert_allclose(
         aligned_boxes_to_first_camera(expected, axis_alignment, cam_to_world), box_cam, atol=1e-12

@@ -10,7 +10,6 @@ import pytest
 from pipelines.eval.groundtruth import (
     GroundTruth,
     QAItem,
-    boxes_from_metadata,
     qa_items,
     refer_items,
     scan2cap_references,
@@ -25,6 +24,7 @@ from pipelines.scenes.annotations import (
     read_sqa3d,
 )
 from pipelines.scenes.types import ObjectBox, SceneMetadata
+from tests.eval.builders import boxes_from_metadata
 
 
 def _dump(path, obj) -> str:

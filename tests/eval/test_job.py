@@ -229,14 +229,14 @@ def test_predictions_are_the_models_in_the_benchmark_frame(evaluation, clip_shar
     ``axisAlignment @ cam_to_world[0]``; reconstruction arrays match the ground-truth resolution."""
     import torch
 
-    from pipelines.artifacts import load_model_and_tokenizer
+    from pipelines.artifacts import load_model_and_processor
     from pipelines.eval.alignment import first_camera_to_aligned, transform_boxes
     from pipelines.eval.predictions import load_predictions
 
     out: Path = evaluation["out"]
     preds = load_predictions(str(out / "predictions" / "predictions.jsonl"))
     config = json.loads((out / "eval_config.json").read_text())
-    model, tok = load_model_and_tokenizer(config["inputs"]["model_local_dir"])
+    model, tok = load_model_and_processor(config["inputs"]["model_local_dir"])
     clip = _decoded(clip_shards)[0]
     scene_id = clip.meta["scene_id"]
     ref = [p for p in preds if p.task == "scanrefer" and p.scene_id == scene_id][0]

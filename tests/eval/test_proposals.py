@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.eval.groundtruth import GroundTruth
 from pipelines.eval.harness import EvalConfig, evaluate
-from pipelines.eval.metrics.boxes import box_corners, box_iou
+from pipelines.eval.metrics.boxes import box_corners
 from pipelines.eval.metrics.grounding import snap_to_proposals
 from pipelines.eval.metrics.scan2cap import CaptionedBoxes, assign_captions
 from pipelines.eval.predictions import BoxPrediction, CaptionPrediction
@@ -22,7 +22,7 @@ from pipelines.eval.proposals import (
     write_proposals,
 )
 from pipelines.scenes.metadata import write_ply, write_scene_info
-from tests.eval.builders import FAST, S0, S1, make_ground_truth
+from tests.eval.builders import FAST, S0, S1, box_iou, make_ground_truth
 
 BOTH = EvalConfig(meteor=False, grounding_protocols=("free_form", "proposals"),
                   captioning_protocols=("gt_boxes", "proposals"))

@@ -2,7 +2,7 @@
 those commands name; without them it exits 2 with one line per missing input.
 
 The inputs live where the commands say: the bucket ``vidllm-data`` on the moto S3 server holds real training shards
-(teacher widths of the real teachers, 1024), clip manifests, teacher folders, a Stage-1 export's config.json and a
+(teacher widths of the real teachers, 1024), clip manifests, teacher folders, Stage-1 export config.json files (``small`` and ``base``) and a
 tokenizer folder with SmolLM2's vocabulary size (49152 tokens, so ``<scene>``/``<loc>`` get the ids the ``small``
 LLM config expects). The model itself is built on the meta device, so no weights are needed.
 """
@@ -29,15 +29,21 @@ SUBCOMMANDS = {"ingest": "pipelines.ingest", "teachers": "pipelines.teachers", "
 
 
 def write_tokenizer(path: Path) -> None:
-    """A word-level tokenizer with SmolLM2's vocabulary size and special-token ids (0 endoftext, 1/2 im_start/end)."""
+    """A word-level tokenizer with SmolLM2's vocabulary size, special-token ids (0 endoftext, 1/2 im_start/end) and
+    chat template."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2, **{f"w{i}": i for i in range(3, 49152)}}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                            pad_token="<|im_end|>", unk_token="<|endoftext|>").save_pretrained(str(path))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                        pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    # SmolLM2-Instruct's chat template (the commands prompt through it: model.llm.use_chat_template).
+    tokenizer.chat_template = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+                               "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+                               "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    tokenizer.save_pretrained(str(path))
 
 
 def write_export_config(path: Path, size: str) -> None:
@@ -60,6 +66,7 @@ def inputs(tmp_path_factory, s3_endpoint) -> dict[str, str]:
     write_tokenizer(root / "tokenizer")
     write_export_config(root / "stage1" / "model", "small")
     write_export_config(root / "stage2" / "model", "small")
+    write_export_config(root / "stage1-base" / "model", "base")
     (root / "inputs").mkdir()
     (root / "inputs" / "scannet_val_pred_box.json").write_text(json.dumps({"scene0000_00": []}))
     (root / "inputs" / "predictions.jsonl").write_text("")
@@ -75,6 +82,7 @@ def inputs(tmp_path_factory, s3_endpoint) -> dict[str, str]:
     for local, remote in (("train", "shards/train"), ("train", "shards/val"),
                           ("tokenizer", "weights/smollm2-135m-instruct"),
                           ("stage1/model", "runs/stage1/model"), ("stage2/model", "runs/stage2/model"),
+                          ("stage1-base/model", "runs/stage1-base/model"),
                           ("clips", "shards/clips"),
                           ("geo", "weights/dinov2-large-reg"), ("sem", "weights/clip-vit-large-336"),
                           ("dinov2", "weights/dinov2-small")):

@@ -139,6 +139,68 @@ def test_from_pretrained_errors(tmp_path):
         VidLLM.from_pretrained(tmp_path)
 
 
+def _tied_tiny() -> VidLLM:
+    import dataclasses
+
+    cfg = VidLLMConfig.tiny()
+    torch.manual_seed(0)
+    return VidLLM(dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, arch={**cfg.llm.arch,
+                                                                                  "tie_word_embeddings": True})))
+
+
+def _write_shards(path, tensors: dict[str, torch.Tensor], parts: int) -> None:
+    """transformers' sharded layout: ``model-0000k-of-0000n.safetensors`` + ``model.safetensors.index.json``."""
+    import json
+
+    from safetensors.torch import save_file
+
+    names = list(tensors)
+    weight_map = {}
+    for k in range(parts):
+        file = f"model-{k + 1:05d}-of-{parts:05d}.safetensors"
+        chunk = names[k::parts]
+        save_file({n: tensors[n].contiguous() for n in chunk}, str(path / file), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(chunk, file))
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def test_from_pretrained_reads_the_sharded_layout_with_tied_weights_stored_once(tmp_path):
+    model = _tied_tiny().eval()
+    embed, head = model.llm.get_input_embeddings().weight, model.llm.get_output_embeddings().weight
+    assert embed is head
+    model.config.save_pretrained(tmp_path)
+    tensors = dict(model.named_parameters())  # a tied parameter once, under its first name
+    tensors.update((n, b) for n, b in model.named_buffers() if n in model.state_dict())
+    assert len(tensors) < len(model.state_dict())
+    _write_shards(tmp_path, tensors, parts=3)
+    loaded = VidLLM.from_pretrained(tmp_path)
+    assert not loaded.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert loaded.llm.get_output_embeddings().weight is loaded.llm.get_input_embeddings().weight
+    assert VidLLM.from_pretrained(tmp_path, dtype="auto").llm.get_input_embeddings().weight.dtype == torch.float32
+
+
+def test_from_pretrained_names_what_a_sharded_checkpoint_lacks_or_has_too_much(tmp_path):
+    model = _tied_tiny()
+    model.config.save_pretrained(tmp_path)
+    tensors = dict(model.named_parameters())
+    tensors.update((n, b) for n, b in model.named_buffers() if n in model.state_dict())
+    dropped = next(n for n in tensors if n.startswith("adapter."))
+    _write_shards(tmp_path, {n: t for n, t in tensors.items() if n != dropped}, parts=2)
+    with pytest.raises(ValueError, match=f"missing tensors.*{dropped}"):
+        VidLLM.from_pretrained(tmp_path)
+    _write_shards(tmp_path, {**tensors, "adapter.stray": torch.zeros(2)}, parts=2)
+    with pytest.raises(ValueError, match="unexpected tensors.*adapter.stray"):
+        VidLLM.from_pretrained(tmp_path)
+    (tmp_path / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model-00002-of-00002.safetensors"):
+        VidLLM.from_pretrained(tmp_path)
+    (tmp_path / "model.safetensors.index.json").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors.index.json"):
+        VidLLM.from_pretrained(tmp_path)
+
+
 def test_answer_caption_ground(tiny_model, tokenizer, batch):
     tiny_model.eval()
     scene = tiny_model.encode_scene(batch.frames[:1])

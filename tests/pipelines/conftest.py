@@ -1,4 +1,5 @@
-"""Fixtures of the ingest/teachers tests: synthetic scenes (helper B's generator), corrupt inputs, tiny teachers."""
+"""Fixtures of the ingest/teachers tests: synthetic scenes (``pipelines.ingest.synthetic``), corrupt inputs, tiny
+teachers."""
 
 from __future__ import annotations
 

@@ -42,16 +42,16 @@ def clips(tmp_path_factory) -> dict[str, bytes]:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    """The real tiny ``VidLLM`` (random init, fixed seed) exported with ``save_pretrained`` plus its tokenizer."""
+    """The real tiny ``VidLLM`` (random init, fixed seed) exported with ``save_pretrained`` plus its processor."""
     import torch
 
-    from model import VidLLM, VidLLMConfig, build_tokenizer
+    from model import VidLLM, VidLLMConfig, VidLLMProcessor
 
     torch.manual_seed(0)
     cfg = VidLLMConfig.tiny()
     out = tmp_path_factory.mktemp("export") / "vidllm-tiny"
     VidLLM(cfg).save_pretrained(out)
-    build_tokenizer(cfg).save_pretrained(str(out))
+    VidLLMProcessor.from_config(cfg).save_pretrained(out)
     return out
 
 

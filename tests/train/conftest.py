@@ -21,6 +21,21 @@ def train_manifest(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def stage1_export(tmp_path_factory) -> str:
+    """A Stage-1 export of the tiny model (``save_pretrained`` + tokenizer), to start Stage 2 from."""
+    import torch
+
+    from model import VidLLM, VidLLMConfig, build_tokenizer
+
+    path = tmp_path_factory.mktemp("stage1_export")
+    torch.manual_seed(0)
+    model = VidLLM(VidLLMConfig.tiny())
+    model.save_pretrained(path)
+    build_tokenizer(model.vidllm_config).save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real ``mlflow server`` on 127.0.0.1 (sqlite backend, proxied artifacts, 1 worker, no job runner)."""
     root = Path(tmp_path_factory.mktemp("mlflow_server"))

@@ -82,7 +82,22 @@ def test_load_refuses_incomplete_checkpoint(tmp_path, fs):
 
     d = _make(tmp_path, 6, marker="missing")
     with pytest.raises(RuntimeError, match="refusing to load"):
-        load_checkpoint(engine=None, fs=fs, path=str(d))
+        load_checkpoint(engine=None, fs=fs, path=str(d), rank=0)
+
+
+def test_each_rank_loads_the_shared_files_and_only_its_own_shards():
+    from pipelines.train.checkpointing import rank_files
+
+    files = ["train_state.json", "ds/latest", "ds/engine/mp_rank_00_model_states.pt",
+             *[f"ds/engine/zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1, 10, 11)],
+             *[f"ds/engine/bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)],
+             "ds/engine/zero_pp_rank_1_mp_rank_00_model_states.pt"]
+    shared = files[:3]
+    assert rank_files(files, 1) == [*shared, "ds/engine/zero_pp_rank_1_mp_rank_00_optim_states.pt",
+                                    "ds/engine/bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt",
+                                    "ds/engine/zero_pp_rank_1_mp_rank_00_model_states.pt"]
+    assert rank_files(files, 10) == [*shared, "ds/engine/zero_pp_rank_10_mp_rank_00_optim_states.pt"]
+    assert rank_files(files, 2) == shared
 
 
 def test_train_state_validation():

@@ -104,3 +104,107 @@ def test_warmup_then_cosine_to_the_floor():
     factor = warmup_cosine(warmup=2, total=10, min_ratio=0.1)
     assert [factor(0), factor(1)] == [0.5, 1.0]
     assert factor(2) == pytest.approx(1.0) and factor(10) == pytest.approx(0.1)
+
+
+def test_stage2_from_an_export_trains_in_training_mode(process_group, train_manifest, stage1_export, tmp_path):
+    from model import VidLLM
+
+    assert not VidLLM.from_pretrained(stage1_export).training  # what from_pretrained returns
+    trainer = _trainer(train_manifest, tmp_path, 2, f"init_from={stage1_export}").build()
+    assert trainer.model.training and all(m.training for m in trainer.model.modules())
+
+
+def test_activation_checkpointing_from_the_config_gives_identical_losses_and_updates(process_group, train_manifest,
+                                                                                    stage1_export, tmp_path):
+    from pipelines.train.checkpointing import TrainState
+
+    runs = {}
+    for on in (False, True):
+        flags = [f"activation_checkpointing.{part}={str(on).lower()}"
+                 for part in ("encoder", "reconstruction", "heads", "llm")]
+        trainer = _trainer(train_manifest, tmp_path / str(on), 2, f"init_from={stage1_export}",
+                           "data.num_workers=0", *flags).build()
+        model = trainer.model
+        assert model.reconstruction.alternating.gradient_checkpointing is on
+        assert model.reconstruction.gradient_checkpointing is on and model.metric_depth.gradient_checkpointing is on
+        assert model.llm.is_activation_checkpointing is on and model.encoder.backbone.is_activation_checkpointing is on
+        fixed = next(trainer.micro_batches(TrainState(-1, 0, 0)))
+        losses = []
+        for _ in range(2):
+            torch.manual_seed(0)
+            losses.append(trainer.train_step(iter([fixed])).loss)
+        runs[on] = losses, {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-6, abs=1e-7)
+    for name, value in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_bf16_export_holds_the_fp32_masters_in_shards_with_an_index(process_group, train_manifest, tmp_path):
+    """Under bf16 the module's weights are bf16; the export must carry the optimizer's fp32 masters (trainable
+    parameters) and the fp32 values the frozen parameters had before DeepSpeed cast the module."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    from model import VidLLM
+    from pipelines.train.checkpointing import TrainState
+
+    torch.manual_seed(0)
+    trainer = _trainer(train_manifest, tmp_path, 1, "deepspeed.precision=bf16", "run.export_shard_mib=1")
+    trainer.build()
+    frozen_before = dict(trainer.frozen_fp32)
+    assert frozen_before and all(v.dtype == torch.float32 for v in frozen_before.values())
+    trainer.train_step(trainer.micro_batches(TrainState(-1, 0, 0)))
+    uri = trainer.export()
+    files = sorted(os.listdir(uri))
+    shards = [f for f in files if f.startswith("model-") and f.endswith(".safetensors")]
+    assert len(shards) >= 2 and "model.safetensors.index.json" in files and "model.safetensors" not in files
+    index = json.loads((tmp_path / "out" / "model" / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == set(shards)
+    exported = VidLLM.from_pretrained(uri).state_dict()
+    masters = 0
+    for name, param in trainer.engine.module.model.named_parameters():
+        assert param.dtype == torch.bfloat16
+        if param.requires_grad:
+            master = safe_get_full_fp32_param(param)
+            assert torch.equal(exported[name], master.float()), name
+            masters += int(not torch.equal(master, master.bfloat16().float()))
+        else:
+            assert torch.equal(exported[name], frozen_before[name]), name
+    assert masters > 0, "the exported trainable weights are not bf16 values upcast"
+
+
+@pytest.mark.parametrize("zero", [2, 3])
+def test_restore_reads_only_this_ranks_shards(process_group, train_manifest, tmp_path, zero):
+    """Another rank's shard is listed in the marker but unreadable: rank 0 restores without touching it."""
+    import pyarrow.fs as pafs
+
+    from pipelines.train.checkpointing import (
+        DS_SUBDIR,
+        DS_TAG,
+        MARKER,
+        STATE_FILE,
+        TrainState,
+        load_checkpoint,
+        local_files,
+        marker_payload,
+    )
+
+    trainer = _trainer(train_manifest, tmp_path, 1, f"deepspeed.zero_stage={zero}").build()
+    result = trainer.train_step(trainer.micro_batches(TrainState(-1, 0, 0)))
+    ckpt = tmp_path / "checkpoint_step00000000"
+    state = TrainState(0, result.position.epoch, result.position.micro_in_epoch)
+    trainer.engine.save_checkpoint(str(ckpt / DS_SUBDIR), tag=DS_TAG, client_state=state.to_dict())
+    (ckpt / STATE_FILE).write_text(json.dumps(state.to_dict()))
+    other = ckpt / DS_SUBDIR / DS_TAG / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    other.write_bytes(b"not a torch file")
+    (ckpt / MARKER).write_text(json.dumps(marker_payload(0, local_files(ckpt))))
+    def values():  # a ZeRO-3 parameter's data lives in its partition (ds_tensor)
+        return {n: getattr(p, "ds_tensor", p).detach().clone() for n, p in trainer.engine.module.named_parameters()}
+
+    saved = values()
+    trainer.train_step(trainer.micro_batches(TrainState(-1, 0, 0)))  # move away from the checkpoint
+    assert any(not torch.equal(v, saved[n]) for n, v in values().items())
+    assert load_checkpoint(trainer.engine, pafs.LocalFileSystem(), str(ckpt), rank=0) == state
+    restored = values()
+    assert all(v.numel() for v in restored.values())
+    for name, value in restored.items():
+        assert torch.equal(value, saved[name]), name

@@ -81,8 +81,3 @@ def box_iou_matrix(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
     return iou
-
-
-def box_iou(a: np.ndarray | list, b: np.ndarray | list) -> float:
-    """IoU of two single centre+size boxes (``[6]`` each)."""
-    return float(box_iou_matrix(as_boxes(a), as_boxes(b))[0, 0])

@@ -175,14 +175,6 @@ class CaptionScorer:
         out["cider"] = float(Cider().compute_score(gts, res)[0])
         return {m: out[m] for m in metrics}
 
-    def sharing(self, tokenizer: str) -> CaptionScorer:
-        """A scorer with another tokenizer that reuses this scorer's METEOR process (which only this one closes)."""
-        other = CaptionScorer(tokenizer, meteor=self.use_meteor)
-        if self.use_meteor:
-            other._meteor = self.meteor()
-            other._owns_meteor = False
-        return other
-
     def close(self) -> None:
         """Stop the METEOR subprocess, if started and owned by this scorer."""
         meteor, self._meteor = self._meteor, None

@@ -1,7 +1,8 @@
 """Viewer routes on the ingress's FastAPI app: the page, its static scripts, and two JSON data calls.
 
-The data calls run inside the ingress replica and use its scene registry, auth check and model handle (the same
-objects API v1 uses), reached the way Serve's own class-based views reach them: the replica's servable object.
+The data calls run inside the ingress replica and use its public hooks (:class:`ViewerHost`: the auth check, the
+scene registry, the scene geometry API v1 computes), reached the way Serve's own class-based views reach the
+ingress: the replica's servable object.
 They answer errors as API v1 does (JSON ``{error, field, detail}``, 4xx naming the field).
 """
 
@@ -19,7 +20,6 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from pipelines.serve.cache import ByteLRU
 from pipelines.serve.errors import ApiError
 from pipelines.serve.pointcloud import camera_centres
 from pipelines.serve.schemas import ErrorResponse
@@ -34,15 +34,13 @@ _ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 422, 503, 504)}
 
 
 class ViewerHost(Protocol):
-    """The ingress members the viewer uses (:class:`pipelines.serve.app.VidLLMIngress`)."""
+    """The public hooks of the ingress the viewer uses (:class:`pipelines.serve.app.VidLLMIngress`)."""
 
-    _sources: ByteLRU[Any]
+    def authorize(self, request: Request) -> None: ...
 
-    def _authorize(self, request: Request) -> None: ...
+    def registered_scenes(self) -> list[tuple[str, int]]: ...
 
-    def _source(self, scene_id: str) -> Any: ...
-
-    async def _scene_call(self, scene_id: str, method: str, *args: Any) -> Any: ...
+    async def scene_geometry(self, scene_id: str) -> dict[str, np.ndarray]: ...
 
 
 def _host() -> ViewerHost:
@@ -129,8 +127,8 @@ async def viewer_page() -> Response:
 @_json_errors
 async def list_scenes(request: Request, host: Host) -> Any:
     """The scenes this ingress replica holds (registered and not yet evicted), most recently used first."""
-    host._authorize(request)
-    scenes = [SceneEntry(scene_id=key, frames_used=int(source.frames.shape[0])) for key, source in host._sources.items()]
+    host.authorize(request)
+    scenes = [SceneEntry(scene_id=scene_id, frames_used=frames) for scene_id, frames in host.registered_scenes()]
     return SceneListResponse(scenes=scenes)
 
 
@@ -138,9 +136,8 @@ async def list_scenes(request: Request, host: Host) -> Any:
 @_json_errors
 async def scene_cameras(scene_id: str, request: Request, host: Host) -> Any:
     """Camera pose and intrinsics of every used frame (metres, first-camera frame, OpenCV axes)."""
-    host._authorize(request)
-    host._source(scene_id)
-    geo = await host._scene_call(scene_id, "geometry")
+    host.authorize(request)
+    geo = await host.scene_geometry(scene_id)
     return cameras_response(scene_id, geo["extrinsics"], geo["intrinsics"], geo["depth"].shape[1:3])
 
 
