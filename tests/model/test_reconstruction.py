@@ -130,7 +130,7 @@ def test_a_negative_fov_still_learns():
     from model.heads.camera import CameraHead
 
     torch.manual_seed(0)
-    head = CameraHead(dim_in=32, trunk_depth=1, num_heads=2)
+    head = CameraHead(dim_in=32, num_trunk_layers=1, num_heads=2)
     with torch.no_grad():
         head.pose_branch.fc2.bias[7:] = -5.0
     tokens = torch.randn(1, 3, 32)
