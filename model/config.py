@@ -36,12 +36,15 @@ class VLBranchConfig:
         max_tokens: cap on scene tokens per clip after pooling (LLaVA-3D: 2560).
         pos_hidden: hidden width of the 3D position MLP ``P -> P'``.
         min_depth_m: patches with predicted depth below this are dropped (invalid geometry).
+        blind: give the LLM and the box head no scene tokens at all (the blind baseline: trained on the same
+            questions and answers, it can only learn the answer prior; its boxes come from the prior too).
     """
 
     voxel_size_m: float = 0.2
     max_tokens: int = 2560
     pos_hidden: int = 256
     min_depth_m: float = 1e-3
+    blind: bool = False
 
     def __post_init__(self) -> None:
         if self.voxel_size_m <= 0 or self.max_tokens < 1 or self.pos_hidden < 1 or self.min_depth_m < 0:
@@ -162,13 +165,22 @@ class DistillationConfig:
 
 @dataclass
 class ScaleConfig:
-    """Real-scale alignment (paper §3.2): median of per-frame WLS scales over up to ``num_frames`` frames."""
+    """Real-scale alignment (paper §3.2): median of per-frame WLS scales over up to ``num_frames`` frames.
+
+    Attributes:
+        num_frames: frames sampled per clip for the median.
+        fixed_scale: use this scale instead of aligning to the Metric Depth Model (the "no metric depth"
+            ablation uses 1.0: geometry stays in the reconstruction branch's normalised units); None = align.
+    """
 
     num_frames: int = 16
+    fixed_scale: float | None = None
 
     def __post_init__(self) -> None:
         if self.num_frames < 1:
             raise ValueError(f"ScaleConfig.num_frames must be >= 1, got {self.num_frames}")
+        if self.fixed_scale is not None and not self.fixed_scale > 0:
+            raise ValueError(f"ScaleConfig.fixed_scale must be None or > 0, got {self.fixed_scale}")
 
 
 @dataclass

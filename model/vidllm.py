@@ -143,9 +143,13 @@ class VidLLM(PreTrainedModel):
     def _geometry(self, enc, adapter_out, image_hw, generator):
         rec = self.reconstruction(adapter_out.geom, enc.grid, image_hw)
         md = self.metric_depth(enc.layer_tokens, enc.grid, image_hw)
-        with torch.no_grad():
-            scale = scene_scale(rec.depth.detach().float(), md.depth.detach().float(),
-                                rec.depth_conf.detach().float(), self.vidllm_config.scale.num_frames, generator)
+        cfg = self.vidllm_config.scale
+        if cfg.fixed_scale is not None:
+            scale = torch.full(rec.depth.shape[:1], cfg.fixed_scale, dtype=torch.float32, device=rec.depth.device)
+        else:
+            with torch.no_grad():
+                scale = scene_scale(rec.depth.detach().float(), md.depth.detach().float(),
+                                    rec.depth_conf.detach().float(), cfg.num_frames, generator)
         depth_m, extrinsics_m = apply_scale(rec.depth.detach(), rec.extrinsics.detach(), scale)
         return rec, md, scale, depth_m, extrinsics_m
 

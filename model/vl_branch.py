@@ -87,12 +87,16 @@ class VLBranch(nn.Module):
             generator: random generator for the voxel cap (``None``: deterministic seed 0).
 
         Returns:
-            :class:`VLBranchOutput`.
+            :class:`VLBranchOutput`; with ``cfg.blind`` one all-zero token per clip, masked out (no scene at all).
         """
         b, s, p, c = lang.shape
         h, w = grid
         if p != h * w:
             raise ValueError(f"VLBranch: {p} tokens per frame do not match the patch grid {grid}")
+        if self.cfg.blind:
+            return VLBranchOutput(tokens=lang.new_zeros(b, 1, self.projector[-1].out_features),
+                                  mask=torch.zeros(b, 1, dtype=torch.bool, device=lang.device),
+                                  centres=torch.zeros(b, 1, 3, device=lang.device))
         depth_p = sample_at_patch_centres(depth.detach().float(), grid)
         points = backproject_depth(depth_p, extrinsics.detach().float(), intrinsics.detach().float(), image_hw)
         points = points.reshape(b, s * p, 3)

@@ -15,6 +15,9 @@ from torch import nn
 from model.layers import Block, Mlp
 from model.pose_encoding import POSE_ENCODING_DIM
 
+#: Slope of the FoV activation below zero (see :meth:`CameraHead.forward`).
+FOV_NEGATIVE_SLOPE = 0.01
+
 
 class CameraHead(nn.Module):
     """Iterative pose-encoding regressor.
@@ -58,8 +61,11 @@ class CameraHead(nn.Module):
             num_iterations: Refinement iterations (>= 1).
 
         Returns:
-            ``num_iterations`` fp32 tensors ``[B, S, 9]``; the last is the final estimate. Translation and quaternion are
-            linear outputs; the two FoVs go through a ReLU (non-negative), as in VGGT.
+            ``num_iterations`` fp32 tensors ``[B, S, 9]``; the last is the final estimate. Translation and quaternion
+            are linear outputs; the two FoVs go through a leaky ReLU: the identity on positive values like VGGT's ReLU
+            (its weights give the same output), but a FoV that went negative still gets a gradient. Under a ReLU it
+            gets none and stays at 0 for good (seen in training: the vertical FoV of a small model died, the focal
+            length decoded to 5.6e5 px and back-projection flattened every scene onto one plane).
         """
         if num_iterations < 1:
             raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
@@ -81,5 +87,5 @@ class CameraHead(nn.Module):
             # The estimate accumulates in fp32 (a pose, not a feature; see model.precision).
             delta = self.pose_branch(self.trunk_norm(self.trunk(x))).float()
             pose = delta if pose is None else pose + delta
-            pose_list.append(torch.cat((pose[..., :7], F.relu(pose[..., 7:])), dim=-1))
+            pose_list.append(torch.cat((pose[..., :7], F.leaky_relu(pose[..., 7:], FOV_NEGATIVE_SLOPE)), dim=-1))
         return pose_list

@@ -32,7 +32,11 @@ SCANREFER_EVAL_TYPES = ("unique", "multiple")
 
 @dataclass(frozen=True)
 class ScanQARecord:
-    """One ScanQA question; ``answers``/``object_ids``/``object_names`` are empty for test files."""
+    """One ScanQA question; ``answers``/``object_ids``/``object_names`` are empty for test files.
+
+    ``question_type`` is optional and not part of the published files: data sets that group their questions into
+    families (the synthetic generator does) name the family there, so that results can be broken down by it.
+    """
 
     question_id: str
     scene_id: str
@@ -40,6 +44,7 @@ class ScanQARecord:
     answers: tuple[str, ...]
     object_ids: tuple[int, ...]
     object_names: tuple[str, ...]
+    question_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -198,6 +203,7 @@ def read_scanqa(uri: str, with_answers: bool = True) -> list[ScanQARecord]:
         "answers": _Field(_list_of(_is_str), "list[str]", with_answers),
         "object_ids": _Field(_list_of(_is_int), "list[int]", with_answers),
         "object_names": _Field(_list_of(_is_str), "list[str]", with_answers),
+        "question_type": _Field(_is_str, "str", False),
     }
     out = []
     for i, raw in enumerate(_load_list(uri)):
@@ -214,6 +220,7 @@ def read_scanqa(uri: str, with_answers: bool = True) -> list[ScanQARecord]:
                 tuple(r.get("answers", ())),
                 tuple(r.get("object_ids", ())),
                 tuple(r.get("object_names", ())),
+                r.get("question_type"),
             )
         )
     return out

@@ -26,15 +26,19 @@ micro-batches: reading is repeated per worker, decoding is not.
 
 Text budget (``data.max_text_tokens``, Stage 2): ``0`` keeps every text whole and pads a batch to its longest.
 Under a cap, an example whose labels cannot fit (:class:`model.tokenizer.TextBudgetError`) is never cut: its row
-keeps the clip (frames and geometry targets) with a bare ``<scene>`` prompt, no label and no box, so every rank
+keeps the clip (frames and geometry targets) with the text ``<scene>`` and EOS, no label and no box, so every rank
 still runs the same modules on the same number of rows, and its key is returned with the batch (the trainer
 counts and logs it). The decision depends only on the sample, so a rerun skips the same examples.
 
 Stage 2 language targets: per sample one task is drawn from ``data.task_mix`` among the tasks the clip has
-annotations for, with a generator seeded by ``(seed, epoch, sample key)`` (deterministic across restarts).
+annotations for, with a generator seeded by ``(seed, epoch, sample key)`` (deterministic across restarts). A clip
+with no annotation for any task of the mix (a scene without a question of the chosen kind) still trains its
+geometry: its text is ``<scene>`` and EOS with no label, so the LM loss skips it, and the trainer counts
+such samples (``samples_without_language``). One unannotated clip does not stop a run, and no clip is dropped.
 Annotation sets are recognised by their entry fields (the benchmark formats): entries with ``question`` and
-``answers`` are QA; entries with ``description`` and ``object_id`` (one object) give captioning and grounding;
-entries with ``description`` and ``object_ids`` give (multi-target) grounding.
+``answers`` are QA (asked after their ``situation``, when they have one: SQA3D); entries with ``description`` and
+``object_id`` (one object) give captioning and grounding; entries with ``description`` and ``object_ids`` give
+(multi-target) grounding.
 """
 
 from __future__ import annotations
@@ -197,7 +201,10 @@ def language_candidates(sample: TrainingSample) -> dict[str, list[LanguageExampl
                 first = e["answers"][0]
                 answer = first.get("answer", "") if isinstance(first, Mapping) else str(first)
                 if answer:
-                    out["qa"].append(LanguageExample("qa", qa_prompt(str(e["question"])), answer, None))
+                    # SQA3D's question only makes sense in its situation ("on my left?"); evaluation asks
+                    # "situation question" (pipelines/eval/job.py), and so must training.
+                    question = f"{e['situation']} {e['question']}" if e.get("situation") else str(e["question"])
+                    out["qa"].append(LanguageExample("qa", qa_prompt(question), answer, None))
             elif "description" in e and ("object_id" in e or "object_ids" in e):
                 raw_ids = e.get("object_ids", [e.get("object_id")])
                 try:
@@ -294,20 +301,23 @@ class Collator:
         ids, labels, boxes, skipped = [], [], [], []
         for s in samples:
             ex = pick_example(s, self.cfg.task_mix, self.cfg.seed, self.epoch)
-            if ex is None:
-                raise DataError(f"sample {s.key}: no annotation for any task in data.task_mix "
-                                f"{dict(self.cfg.task_mix)}")
-            try:
-                i, lab = self.processor.encode_example(ex.prompt, ex.answer, cap, example=s.key)
-            except TextBudgetError:
-                skipped.append(s.key)
-                i = tok(SCENE_TOKEN, add_special_tokens=False)["input_ids"]
+            encoded = None
+            if ex is not None:
+                try:
+                    encoded = self.processor.encode_example(ex.prompt, ex.answer, cap, example=s.key)
+                except TextBudgetError:
+                    skipped.append(s.key)
+                except ValueError as err:
+                    raise DataError(f"sample {s.key}: {err}") from err
+            if encoded is None:
+                # Geometry only (module docstring): ``<scene>`` and EOS, no label. EOS keeps a text token in the row
+                # when the scene has no token at all (the blind baseline), so no row of the LM input is empty.
+                i = tok(SCENE_TOKEN, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
                 ids.append(i)
                 labels.append([-100] * len(i))
                 boxes.append(np.zeros((0, 6), np.float32))
                 continue
-            except ValueError as err:
-                raise DataError(f"sample {s.key}: {err}") from err
+            i, lab = encoded
             ids.append(i)
             labels.append(lab)
             boxes.append(ex.boxes if ex.boxes is not None else np.zeros((0, 6), np.float32))

@@ -87,6 +87,7 @@ class StepResult:
         terms: mean of every loss term over the micro-batches.
         samples: samples seen.
         tokens: non-padding text tokens seen.
+        without_language: samples with no text target (no annotation for the task mix, or text over the cap).
         position: the data position after the step (resume point).
         data_wait_s: time the step waited for its micro-batches (loading not hidden behind compute).
         text_skipped: examples whose text did not fit ``data.max_text_tokens`` (trained without language labels).
@@ -96,6 +97,7 @@ class StepResult:
     terms: dict[str, float]
     samples: int
     tokens: int
+    without_language: int
     position: TrainState
     data_wait_s: float = 0.0
     text_skipped: int = 0
@@ -267,7 +269,7 @@ class Trainer:
         """One optimizer step: ``grad_accum_steps`` micro-batches forward, backward and (DeepSpeed) step."""
         losses: list[float] = []
         terms: dict[str, float] = {}
-        samples = tokens = 0
+        samples = tokens = without_language = 0
         epoch = micro = 0
         wait = 0.0
         skipped: list[str] = []
@@ -285,20 +287,23 @@ class Trainer:
                 terms[k] = terms.get(k, 0.0) + v / self.accum
             samples += batch.frames.shape[0]
             tokens += int(batch.attention_mask.sum()) if batch.attention_mask is not None else 0
+            if batch.labels is not None:
+                without_language += int((~(batch.labels != -100).any(dim=1)).sum())
         if micro == self.steps_per_epoch * self.accum:
             epoch, micro = epoch + 1, 0
         for key in skipped:
             logger.warning("rank %d: sample %s: its text does not fit data.max_text_tokens=%d; trained without "
                            "language labels", self.ctx.rank, key, self.cfg.data.max_text_tokens)
-        return StepResult(sum(losses) / self.accum, terms, samples, tokens, TrainState(-1, epoch, micro), wait,
-                          len(skipped))
+        return StepResult(sum(losses) / self.accum, terms, samples, tokens, without_language,
+                          TrainState(-1, epoch, micro), wait, len(skipped))
 
     def step_metrics(self, result: StepResult, seconds: float) -> dict[str, float]:
-        """The step's metrics over all ranks (mean loss, total throughput; loss terms are this rank's)."""
+        """The step's metrics over all ranks (mean loss, total throughput, samples without a text target; loss
+        terms are this rank's)."""
         import torch.distributed as dist
 
-        stats = torch.tensor([result.loss, result.samples, result.tokens, result.text_skipped], dtype=torch.float64,
-                             device=self.ctx.device)
+        stats = torch.tensor([result.loss, result.samples, result.tokens, result.text_skipped, result.without_language],
+                             dtype=torch.float64, device=self.ctx.device)
         dist.all_reduce(stats)
         waits = torch.tensor([result.data_wait_s], dtype=torch.float64, device=self.ctx.device)
         dist.all_reduce(waits, op=dist.ReduceOp.MAX)
@@ -306,6 +311,7 @@ class Trainer:
                 "step_time_s": seconds, "samples_per_s": stats[1].item() / seconds,
                 "tokens_per_s": stats[2].item() / seconds, "epoch": result.position.epoch,
                 "data_wait_s": waits.item(), "text_skipped": stats[3].item(),
+                "samples_without_language": stats[4].item(),
                 **{f"loss_{k}": v for k, v in result.terms.items()}}
 
     # ---------------------------------------------------------------------------------------------- report

@@ -30,7 +30,7 @@ def test_tiny_forward_shapes_positive_depth_and_confidence():
     assert len(out.pose_enc_list) == 2
     assert all(p.shape == (1, 2, 9) for p in out.pose_enc_list)
     assert out.pose_enc_list[-1] is out.pose_enc
-    assert (out.pose_enc[..., 7:] >= 0).all()  # FoVs through ReLU
+    assert torch.isfinite(out.intrinsics).all() and (out.intrinsics[..., [0, 1], [0, 1]] > 0).all()  # decoded FoVs
 
 
 def test_cameras_are_decoded_from_the_pose_encoding():
@@ -123,6 +123,24 @@ def test_base_config_builds_on_meta_device_with_vggt_sizes():
     assert 210 < count(branch.camera_head) < 220
     assert 30 < count(branch.depth_head) < 35
     assert branch.alternating.register_token.shape == (1, 2, 4, 1024)
+
+
+def test_a_negative_fov_still_learns():
+    """A FoV pushed below zero must get a gradient back (a ReLU would keep it at 0, i.e. an infinite focal length)."""
+    from model.heads.camera import CameraHead
+
+    torch.manual_seed(0)
+    head = CameraHead(dim_in=32, num_trunk_layers=1, num_heads=2)
+    with torch.no_grad():
+        head.pose_branch.fc2.bias[7:] = -5.0
+    tokens = torch.randn(1, 3, 32)
+    fov = head(tokens, num_iterations=1)[-1][..., 7:]
+    assert (fov < 0).all()
+    (fov - 0.8).abs().mean().backward()
+    assert head.pose_branch.fc2.bias.grad[7:].abs().min() > 0
+    with torch.no_grad():
+        head.pose_branch.fc2.bias[7:] = 5.0
+        assert (head(tokens, num_iterations=1)[-1][..., 7:] > 4).all()  # positive FoVs pass as under VGGT's ReLU
 
 
 def test_camera_refinement_detaches_the_running_estimate():

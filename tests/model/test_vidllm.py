@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -318,3 +319,29 @@ def test_box_head_runs_for_text_batches_without_loc(tiny_model, tokenizer):
     assert terms["box"].item() == 0.0
     total.backward()
     assert all(p.grad is not None for p in tiny_model.box_head.parameters())  # same parameters on every rank
+
+
+def test_blind_model_gets_no_scene_tokens(tiny_cfg, tokenizer):
+    cfg = dataclasses.replace(tiny_cfg, vl=dataclasses.replace(tiny_cfg.vl, blind=True))
+    torch.manual_seed(0)
+    model = VidLLM(cfg).eval()
+    batch = make_batch(tokenizer)
+    other = dataclasses.replace(batch, frames=torch.rand_like(batch.frames))
+    out, out_other = model(batch), model(other)
+    assert not out.scene.mask.any() and out.lm_logits.shape[1] == batch.input_ids.shape[1] - 1
+    assert torch.equal(out.lm_logits, out_other.lm_logits), "the answer must not depend on the frames"
+    assert torch.equal(out.grounding.boxes, out_other.grounding.boxes), "nor the boxes"
+    assert not torch.equal(out.reconstruction.depth, out_other.reconstruction.depth)
+    total, terms = MultitaskLoss(LossWeights.stage2())(out, batch)
+    assert torch.isfinite(total) and {"lm", "box"} <= set(terms)
+
+
+def test_fixed_scale_replaces_metric_alignment(tiny_cfg, batch):
+    cfg = dataclasses.replace(tiny_cfg, scale=dataclasses.replace(tiny_cfg.scale, fixed_scale=1.0))
+    torch.manual_seed(0)
+    out = VidLLM(cfg).eval()(batch)
+    assert torch.equal(out.scene.scale, torch.ones(batch.frames.shape[0]))
+    assert torch.allclose(out.scene.depth, out.reconstruction.depth)
+    assert VidLLMConfig.from_dict(cfg.to_dict()).scale.fixed_scale == 1.0
+    with pytest.raises(ValueError, match="fixed_scale"):
+        dataclasses.replace(tiny_cfg.scale, fixed_scale=0.0)

@@ -57,26 +57,22 @@ def test_scanqa_answers_are_true(annotated):
             assert r.question_id.startswith(f"{split}-{r.scene_id[:9]}-")
             assert r.object_names == tuple(objs[i].label for i in r.object_ids)
             counts = Counter(o.label for o in objs.values())
-            if r.question.startswith("How many"):
+            if r.question_type == "counting":
                 label = r.object_names[0]
                 assert r.answers == (number_word(counts[label]),) and len(r.object_ids) == counts[label]
-                kinds["count"] += 1
-            elif r.question.startswith("What color"):
+            elif r.question_type == "color":
                 assert r.answers == (objs[r.object_ids[0]].color_name,)
-                kinds["color"] += 1
-            elif r.question.startswith("Is there"):
+            elif r.question_type == "existence":
                 label = r.question[len("Is there a ") : -len(" in the room?")]
                 assert r.answers == (("yes",) if counts[label] else ("no",))
-                kinds["exist_" + r.answers[0]] += 1
-            elif r.question.startswith("Which is bigger"):
+            elif r.question_type == "size":
                 a, b = (objs[i] for i in r.object_ids)
-                assert r.answers == ((a if a.volume > b.volume else b).label,)
-                kinds["bigger"] += 1
+                assert a.label == b.label and r.answers == ((a if a.volume > b.volume else b).color_name,)
             else:
-                assert r.question.startswith("What is next to")
-                assert r.answers == (objs[r.object_ids[1]].label,)
-                kinds["near"] += 1
-    assert {"count", "color", "exist_yes", "exist_no", "bigger", "near"} <= set(kinds)
+                assert r.question_type == "relative_position" and r.question.startswith("Which is closer to")
+                assert len(r.object_ids) == 3
+            kinds[r.question_type] += 1
+    assert set(kinds) == {"counting", "color", "existence", "relative_position", "size"}
 
 
 def test_sqa3d_join_and_situated_answers(annotated):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pipelines import storage
+from pipelines.ingest.synthetic.room import CATALOGUE
 from pipelines.scenes.annotations import benchmark_paths, read_multi3drefer, read_scanqa, read_scene_list
 from pipelines.scenes.metadata import read_scene_metadata
 from pipelines.scenes.open import list_scenes, open_scene, scene_uri
@@ -26,7 +27,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_help_explains_options():
     result = _cli("--help")
     assert result.returncode == 0
-    for option in ("--scenes", "--out", "--seed", "--size", "--frames", "--layouts", "--invalid-frames"):
+    for option in ("--scenes", "--out", "--seed", "--size", "--frames", "--layouts", "--invalid-frames",
+                   "--class-probability"):
         assert option in result.stdout
     assert "1296x968" in result.stdout
 
@@ -43,7 +45,8 @@ def _check_dataset(root: str, num_scenes: int) -> None:
         frame = r.read_frame(5)
         assert frame.rgb.shape == (120, 160, 3) and (frame.depth_m > 0).mean() > 0.9
     meta = read_scene_metadata(storage.join(root, "scans", "scene0001_00"))
-    assert {"floor", "wall", "chair"} <= {o.label for o in meta.objects}
+    labels = {o.label for o in meta.objects}
+    assert {"floor", "wall"} <= labels and labels & {c.label for c in CATALOGUE}
     assert not np.allclose(meta.axis_alignment, np.eye(4))
     ann = storage.join(root, "annotations")
     assert read_scene_list(benchmark_paths(ann, "val")["scene_list"]) == ["scene0001_00"]
@@ -72,6 +75,24 @@ def test_cli_writes_a_local_dataset_and_skips_on_rerun(tmp_path):
     _check_dataset(str(tmp_path / "ds"), 2)
     again = _cli(*args)
     assert again.returncode == 0 and again.stdout.count("complete, skipped") == 2
+
+
+def test_cli_family_and_situated_flags_choose_the_annotations_written(tmp_path):
+    """``--question-families`` and ``--no-situated`` are config aliases: only colour questions, empty SQA3D files."""
+    out = tmp_path / "ds"
+    result = _cli("--scenes", "2", "--out", str(out), "--seed", "3", "--frames", "6", "--layouts", "sens",
+                  "--question-families", "color", "--no-situated", "--class-probability", "0.9")
+    assert result.returncode == 0, result.stderr
+    records = read_scanqa(benchmark_paths(str(out / "annotations"), "train")["scanqa"])
+    assert records and {r.question_type for r in records} == {"color"}
+    sqa = json.loads((out / "annotations" / "sqa_task" / "balanced"
+                      / "v1_balanced_questions_train_scannetv2.json").read_text())
+    assert sqa["questions"] == []
+    config = json.loads((out / "annotations" / "synthetic_manifest.json").read_text())["config"]
+    assert config["question_families"] == ["color"] and config["situated_questions"] is False
+    assert config["class_probability"] == 0.9
+    bad = _cli("--scenes", "1", "--out", str(tmp_path / "bad"), "--question-families", "colour")
+    assert bad.returncode == 2 and "question_families" in bad.stderr
 
 
 @pytest.mark.slow

@@ -148,6 +148,65 @@ def test_zero_target_grounding_collates_to_an_empty_box_row(train_manifest, toke
     assert (batch["labels"] != -100).any()
 
 
+def test_situated_questions_are_asked_in_their_situation(train_manifest):
+    """SQA3D answers depend on the situation ("on my left?"): training asks it as evaluation does."""
+    import dataclasses
+
+    from pipelines.schema import decode_training_sample
+
+    sample = decode_training_sample(_raw(train_manifest, 1)[0])
+    situated = {"scene_id": "s", "question_id": 7, "situation": "I am facing the bed.",
+                "question": "Is the desk on my left or on my right?", "answers": ["left"]}
+    plain = {"scene_id": "s", "question_id": "q", "question": "How many chairs are in the room?", "answers": ["two"]}
+    sample = dataclasses.replace(sample, annotations={"sqa3d": [situated], "scanqa": [plain]})
+    prompts = sorted(e.prompt for e in language_candidates(sample)["qa"])
+    assert prompts == ["<scene> question: How many chairs are in the room? answer:",
+                       "<scene> question: I am facing the bed. Is the desk on my left or on my right? answer:"]
+
+
+def test_a_clip_without_annotation_for_the_task_mix_trains_geometry_only(train_manifest, tokenizer, processor):
+    """A scene with no question of the chosen kind must not stop the run: its clip keeps its geometry, no text target."""
+    import dataclasses
+
+    from model.tokenizer import SCENE_TOKEN
+    from pipelines.schema import decode_training_sample
+
+    samples = [decode_training_sample(r) for r in _raw(train_manifest, 3)]
+    samples[1] = dataclasses.replace(samples[1], annotations={"scanrefer": samples[1].annotations.get("scanrefer", [])})
+    assert not language_candidates(samples[1])["qa"] and language_candidates(samples[0])["qa"]
+    cfg = DataConfig(task_mix={"qa": 1.0}, max_text_tokens=64)
+    text, skipped = Collator(cfg, stage=2, processor=processor)._language(samples)
+    assert skipped == ()
+    supervised = (text["labels"] != -100).any(dim=1)
+    assert supervised.tolist() == [True, False, True]
+    row = text["input_ids"][1][text["attention_mask"][1].bool()]
+    assert tokenizer.convert_tokens_to_ids(SCENE_TOKEN) in row.tolist() and row[-1] == tokenizer.eos_token_id
+    assert not text["box_mask"][1].any()
+
+
+def test_a_batch_without_any_text_target_trains_the_blind_model(train_manifest, processor):
+    """The blind baseline has no scene token: an unannotated clip must still leave a non-empty LM row (seen in the
+    learning benchmark: a micro-batch of such clips gave the LM a zero-length input)."""
+    import dataclasses
+
+    from model import VidLLM, VidLLMConfig
+    from model.losses import MultitaskLoss
+    from pipelines.schema import decode_training_sample
+    from pipelines.train.config import tiny
+
+    raw = _raw(train_manifest, 2)
+    cfg = DataConfig(task_mix={"qa": 1.0}, max_text_tokens=64)
+    collator = Collator(cfg, stage=2, processor=processor)
+    unannotated = [dataclasses.replace(decode_training_sample(r), annotations={}) for r in raw]
+    batch = dataclasses.replace(collator(raw).batch, **collator._language(unannotated)[0])
+    assert not (batch.labels != -100).any()
+    model_cfg = VidLLMConfig.tiny()
+    model_cfg.vl = dataclasses.replace(model_cfg.vl, blind=True)
+    torch.manual_seed(0)
+    loss, terms = MultitaskLoss(tiny(2).loss)(VidLLM(model_cfg)(batch), batch)
+    assert torch.isfinite(loss) and float(terms["lm"]) == 0.0 and float(terms["depth"]) != 0.0
+
+
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_background_loader_gives_the_single_stream_order_and_resumes_at_the_same_micro_batch(train_manifest,
                                                                                              workers):
@@ -217,8 +276,8 @@ def test_an_example_over_the_text_cap_is_reported_and_trained_without_labels_nev
     assert item.text_skipped == tuple(keys)
     batch = item.batch
     assert (batch.labels == -100).all() and not batch.box_mask.any()
-    scene_id = tokenizer.convert_tokens_to_ids(SCENE_TOKEN)
-    assert (batch.input_ids[batch.attention_mask.bool()] == scene_id).all()
+    rows = [row[mask.bool()].tolist() for row, mask in zip(batch.input_ids, batch.attention_mask, strict=True)]
+    assert rows == [[tokenizer.convert_tokens_to_ids(SCENE_TOKEN), tokenizer.eos_token_id]] * len(raw)
     assert batch.depth is not None  # the clip still trains reconstruction and metric depth
     again = Collator(cfg, stage=2, processor=processor)(raw)
     assert again.text_skipped == item.text_skipped  # the same examples on every rank and every rerun

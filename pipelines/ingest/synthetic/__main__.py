@@ -19,6 +19,7 @@ import sys
 
 from pipelines.config import CliParser, ConfigSpec, alias, print_config, run_cli
 from pipelines.ingest.synthetic.generate import generate
+from pipelines.ingest.synthetic.language import QUESTION_FAMILIES
 from pipelines.ingest.synthetic.scene import LAYOUTS, SyntheticConfig
 from pipelines.ingest.synthetic.trajectory import SIZE_PRESETS
 
@@ -64,6 +65,12 @@ def build_parser() -> CliParser:
     alias(group, "--val-every", "val_every", type=int, help="every N-th scene, starting at index 1, is val (default 4)")
     alias(group, "--descriptions-per-object", "descriptions_per_object", type=int,
           help="ScanRefer descriptions per object (default 2)")
+    alias(group, "--class-probability", "class_probability", type=float,
+          help="probability that each furniture class is present in a room (independently per class; default 0.5)")
+    alias(group, "--question-families", "question_families",
+          convert=lambda text: [s.strip() for s in text.split(",") if s.strip()],
+          help=f"comma-separated ScanQA question families to write (subset of {','.join(QUESTION_FAMILIES)}; default: all)")
+    alias(group, "--no-situated", "situated_questions", const=False, help="do not write SQA3D (situated) questions")
     alias(group, "--overwrite", "overwrite", const=True, help="regenerate scenes even if already complete")
     return parser
 

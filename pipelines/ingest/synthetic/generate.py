@@ -141,10 +141,11 @@ def write_annotations(config: SyntheticConfig, specs: list[SceneSpec]) -> None:
             spec.room, split, spec.index, np.random.default_rng([config.seed, spec.index, 1])
         )
         bucket = per_split[split]
-        bucket["scanqa"] += lang.scanqa()
+        bucket["scanqa"] += [r for r in lang.scanqa() if r["question_type"] in config.question_families]
         questions, answers = lang.sqa3d()
-        bucket["sqa_q"] += questions
-        bucket["sqa_a"] += answers
+        if config.situated_questions:
+            bucket["sqa_q"] += questions
+            bucket["sqa_a"] += answers
         bucket["ref"] += lang.scanrefer(config.descriptions_per_object)
         bucket["m3d"] += lang.multi3drefer()
         scenes.append(

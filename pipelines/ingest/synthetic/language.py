@@ -2,21 +2,82 @@
 
 Facts come only from the :class:`~pipelines.ingest.synthetic.room.Room` (classes, counts, colours, boxes), and the
 records use the published field names of ScanQA, SQA3D, ScanRefer (with M3DRef-CLIP's ``eval_type``) and
-Multi3DRefer. Conventions chosen once and kept: counts are answered with number words ("two"), yes/no questions with
-"yes"/"no", colours with the palette name. Spatial relations are viewpoint-free ("next to", "bigger") for ScanQA and
-ScanRefer, and relative to the stated situation (agent in front of an object, facing it) for SQA3D.
+Multi3DRefer. ScanQA records also carry ``question_type``: the question family (:data:`QUESTION_FAMILIES`).
+Conventions chosen once and kept: counts are answered with number words ("two"), yes/no questions with
+"yes"/"no", colours with the palette name. Spatial relations are viewpoint-free ("closer", "next to", "bigger")
+for ScanQA and ScanRefer, and relative to the stated situation (agent in front of an object, facing it) for SQA3D.
+
+The ScanQA families are built so that the question text alone does not give the answer away (the room generator
+draws class presence, counts, colours and sizes independently of the class names, see
+:func:`~pipelines.ingest.synthetic.room.generate_room`):
+
+* ``counting``: "How many {plural} are in the room?" for every present class that can occur more than once; the
+  count is uniform over ``1..max_count`` of the class.
+* ``color``: "What color is the {label}?" for every object that is the only one of its class; colours are uniform.
+* ``existence``: "Is there a {label} in the room?" for :data:`EXISTENCE_QUESTIONS` classes drawn without looking
+  at the room; each class is present with the generator's ``class_probability`` (0.5: yes and no equally likely).
+* ``relative_position``: "Which is closer to {a}, {b} or {c}?" where one of b, c is at least
+  :data:`CLOSER_MARGIN_M` closer (footprint gap) to a than the other; which one is named first is a coin flip.
+* ``size``: "Which {label} is bigger, the {colour} one or the {colour} one?" between two instances of one class
+  whose volumes differ by :data:`BIGGER_RATIO`; which one is named first is a coin flip.
+
+Every noun phrase names exactly one object: the class alone when it is the only one of its class, the colour and
+the class otherwise (instances of a class always have distinct colours). Grounding descriptions do the same
+(ScanRefer ``eval_type`` "unique" when the class is the only one of its class, "multiple" otherwise).
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+from itertools import permutations
 
 import numpy as np
 
 from pipelines.ingest.synthetic.room import CATALOGUE, CLASS_BY_LABEL, PALETTE, Room, SceneObject
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+QUESTION_FAMILIES = ("counting", "color", "existence", "relative_position", "size")
+#: Existence questions per scene, about classes drawn uniformly from the catalogue (present or not).
+EXISTENCE_QUESTIONS = 4
+#: Relative-position questions per scene (at most).
+CLOSER_QUESTIONS = 3
+#: Footprint-gap difference that makes one object clearly closer than the other, metres.
+CLOSER_MARGIN_M = 0.5
+#: Volume ratio above which one instance is clearly bigger than the other.
+BIGGER_RATIO = 1.5
+
+
+_CLOSER = re.compile(r"^Which is closer to the (.+), the (.+) or the (.+)\?$")
+_BIGGER = re.compile(r"^Which (.+) is bigger, the (\w+) one or the (\w+) one\?$")
+
+
+def choice_candidates(question: str) -> tuple[str, str] | None:
+    """The two candidate answers a ``relative_position`` or ``size`` question names, in the order named.
+
+    ``"Which is closer to the bed, the red chair or the desk?" -> ("red chair", "desk")``; None for questions of
+    the other families.
+    """
+    for pattern in (_CLOSER, _BIGGER):
+        match = pattern.match(question)
+        if match:
+            return match.group(2), match.group(3)
+    return None
+
+
+# Every word of the templates below, besides class names, colours and number words (see vocabulary()).
+_TEMPLATE_WORDS = """
+how many are in the room what color is there a which closer to or bigger one yes no
+i am standing front of and facing it me on my left right walked up looking at this next all
+"""
+
+
+def vocabulary() -> tuple[str, ...]:
+    """Every lower-case word the annotations can contain (a word-level tokenizer needs no other word)."""
+    words = set(_TEMPLATE_WORDS.split()) | set(PALETTE) | set(NUMBER_WORDS)
+    for cls in CATALOGUE:
+        words |= set(cls.label.split()) | set(cls.plural.split())
+    return tuple(sorted(words))
 
 
 def number_word(n: int) -> str:
@@ -58,7 +119,7 @@ class SceneLanguage:
         room: the generated room.
         split: ``train`` or ``val``; used in ScanQA question ids.
         scene_index: integer index of the scene (for globally unique SQA3D question ids).
-        rng: generator for template and absent-class choices (deterministic per scene).
+        rng: generator for template, class and ordering choices (deterministic per scene).
     """
 
     def __init__(self, room: Room, split: str, scene_index: int, rng: np.random.Generator):
@@ -68,17 +129,21 @@ class SceneLanguage:
         present = set(self.counts)
         self.absent = [c.label for c in CATALOGUE if c.label not in present]
 
+    def name(self, obj: SceneObject) -> str:
+        """The words naming ``obj`` unambiguously: ``bed`` or, for repeated classes, ``red chair``."""
+        return obj.label if self.counts[obj.label] == 1 else f"{obj.color_name} {obj.label}"
+
     def describe(self, obj: SceneObject) -> str:
         """A noun phrase naming ``obj`` unambiguously: ``the bed`` or, for repeated classes, ``the red chair``."""
-        return f"the {obj.label}" if self.counts[obj.label] == 1 else f"the {obj.color_name} {obj.label}"
+        return f"the {self.name(obj)}"
 
     def scanqa(self) -> list[dict]:
-        """ScanQA records: counting, colour, existence, nearest-object and size-comparison questions."""
+        """ScanQA records of the five families of :data:`QUESTION_FAMILIES` (``question_type``), in that order."""
         out: list[dict] = []
         sid = self.room.scene_id
         by_label = {label: [o for o in self.furniture if o.label == label] for label in sorted(self.counts)}
 
-        def add(question: str, answer: str, objs: list[SceneObject]) -> None:
+        def add(family: str, question: str, answer: str, objs: list[SceneObject]) -> None:
             out.append(
                 {
                     "answers": [answer],
@@ -86,29 +151,45 @@ class SceneLanguage:
                     "object_names": [o.label for o in objs],
                     "question": question,
                     "question_id": f"{self.split}-{sid[:9]}-{len(out)}",
+                    "question_type": family,
                     "scene_id": sid,
                 }
             )
 
         for label, objs in by_label.items():
-            add(f"How many {CLASS_BY_LABEL[label].plural} are in the room?", number_word(len(objs)), objs)
-        unique = [objs[0] for objs in by_label.values() if len(objs) == 1]
-        for obj in unique:
-            add(f"What color is the {obj.label}?", obj.color_name, [obj])
-        for label in list(by_label)[:2]:
-            add(f"Is there a {label} in the room?", "yes", by_label[label][:1])
-        for label in self._pick(self.absent, 2):
-            add(f"Is there a {label} in the room?", "no", [])
-        for obj in unique:
-            near = _nearest(obj, self.furniture, margin=0.3)
-            if near is not None:
-                add(f"What is next to the {obj.label}?", near.label, [obj, near])
-        pairs = [(a, b) for i, a in enumerate(unique) for b in unique[i + 1 :]]
-        for a, b in pairs[:3]:
-            ratio = a.volume / b.volume
-            if ratio > 1.5 or ratio < 1 / 1.5:
-                bigger = a if ratio > 1 else b
-                add(f"Which is bigger, the {a.label} or the {b.label}?", bigger.label, [a, b])
+            if CLASS_BY_LABEL[label].max_count > 1:
+                add("counting", f"How many {CLASS_BY_LABEL[label].plural} are in the room?",
+                    number_word(len(objs)), objs)
+        for label, objs in by_label.items():
+            if len(objs) == 1:
+                add("color", f"What color is the {label}?", objs[0].color_name, objs)
+        for label in self._pick([c.label for c in CATALOGUE], EXISTENCE_QUESTIONS):
+            add("existence", f"Is there a {label} in the room?", "yes" if label in by_label else "no",
+                by_label.get(label, [])[:1])
+        triples = [
+            (a, b, c)
+            for a, b, c in permutations(self.furniture, 3)
+            if b.object_id < c.object_id and abs(_gap(a, b) - _gap(a, c)) >= CLOSER_MARGIN_M
+        ]
+        for i in self._pick_indices(len(triples), CLOSER_QUESTIONS):
+            a, b, c = triples[i]
+            closer = b if _gap(a, b) < _gap(a, c) else c
+            first, second = (b, c) if self.rng.random() < 0.5 else (c, b)
+            add("relative_position",
+                f"Which is closer to {self.describe(a)}, {self.describe(first)} or {self.describe(second)}?",
+                self.name(closer), [a, first, second])
+        for label, objs in by_label.items():
+            pairs = [
+                (a, b) for i, a in enumerate(objs) for b in objs[i + 1:]
+                if max(a.volume, b.volume) >= BIGGER_RATIO * min(a.volume, b.volume)
+            ]
+            if not pairs:
+                continue
+            a, b = pairs[self._pick_indices(len(pairs), 1)[0]]
+            bigger = a if a.volume > b.volume else b
+            first, second = (a, b) if self.rng.random() < 0.5 else (b, a)
+            add("size", f"Which {label} is bigger, the {first.color_name} one or the {second.color_name} one?",
+                bigger.color_name, [first, second])
         return out
 
     def sqa3d(self) -> tuple[list[dict], list[dict]]:
@@ -241,8 +322,11 @@ class SceneLanguage:
             add(label, f"the {label} in this room.", [], "zt_wo_d", False)
         return out
 
-    def _pick(self, items: list[str], k: int) -> list[str]:
-        if not items:
+    def _pick_indices(self, n: int, k: int) -> list[int]:
+        """Up to ``k`` distinct indices of ``range(n)`` drawn uniformly, in increasing order."""
+        if n == 0:
             return []
-        idx = self.rng.choice(len(items), size=min(k, len(items)), replace=False)
-        return [items[int(i)] for i in sorted(idx)]
+        return sorted(int(i) for i in self.rng.choice(n, size=min(k, n), replace=False))
+
+    def _pick(self, items: list[str], k: int) -> list[str]:
+        return [items[i] for i in self._pick_indices(len(items), k)]

@@ -120,12 +120,12 @@ class FurnitureClass:
 
 
 CATALOGUE: tuple[FurnitureClass, ...] = (
-    FurnitureClass("chair", "chairs", (0.42, 0.5), (0.42, 0.5), (0.8, 0.95), False, _chair, max_count=4),
+    FurnitureClass("chair", "chairs", (0.42, 0.5), (0.42, 0.5), (0.8, 0.95), False, _chair, max_count=3),
     FurnitureClass("table", "tables", (1.0, 1.5), (0.7, 0.9), (0.72, 0.76), False, _table),
     FurnitureClass("desk", "desks", (1.0, 1.4), (0.55, 0.7), (0.72, 0.76), True, _desk),
     FurnitureClass("bed", "beds", (1.4, 1.8), (1.9, 2.1), (0.9, 1.1), True, _bed, max_count=1),
     FurnitureClass("sofa", "sofas", (1.6, 2.1), (0.8, 0.95), (0.8, 0.9), True, _sofa),
-    FurnitureClass("cabinet", "cabinets", (0.6, 1.0), (0.4, 0.6), (0.8, 1.1), True, _solid),
+    FurnitureClass("cabinet", "cabinets", (0.6, 1.0), (0.4, 0.6), (0.8, 1.1), True, _solid, max_count=3),
     FurnitureClass("bookshelf", "bookshelves", (0.8, 1.0), (0.3, 0.4), (1.6, 2.0), True, _solid),
     FurnitureClass("toilet", "toilets", (0.38, 0.42), (0.6, 0.7), (0.75, 0.8), True, _toilet, max_count=1),
     FurnitureClass("sink", "sinks", (0.5, 0.7), (0.45, 0.55), (0.8, 0.9), True, _solid),
@@ -133,9 +133,9 @@ CATALOGUE: tuple[FurnitureClass, ...] = (
     FurnitureClass(
         "refrigerator", "refrigerators", (0.6, 0.8), (0.6, 0.75), (1.7, 1.9), True, _solid, max_count=1
     ),
-    FurnitureClass("nightstand", "nightstands", (0.4, 0.5), (0.35, 0.45), (0.5, 0.6), True, _solid),
+    FurnitureClass("nightstand", "nightstands", (0.4, 0.5), (0.35, 0.45), (0.5, 0.6), True, _solid, max_count=3),
     FurnitureClass("dresser", "dressers", (1.0, 1.3), (0.45, 0.55), (0.8, 1.0), True, _solid),
-    FurnitureClass("trash can", "trash cans", (0.25, 0.35), (0.25, 0.35), (0.35, 0.5), False, _solid),
+    FurnitureClass("trash can", "trash cans", (0.25, 0.35), (0.25, 0.35), (0.35, 0.5), False, _solid, max_count=3),
 )
 CLASS_BY_LABEL = {c.label: c for c in CATALOGUE}
 
@@ -239,54 +239,72 @@ def axis_alignment_matrix(rng: np.random.Generator) -> np.ndarray:
     return m
 
 
+#: Per-instance scale range of an object's sampled size: instances of one class differ visibly in size, so that
+#: "which one is bigger" can be asked between two instances of the same class (a class alone never answers it).
+INSTANCE_SCALE = (0.75, 1.3)
+
+
 def generate_room(
     rng: np.random.Generator,
     scene_id: str,
     camera_positions: Callable[[np.ndarray], np.ndarray],
-    num_classes: tuple[int, int] = (5, 8),
+    class_probability: float = 0.5,
     clearance_m: float = 0.3,
+    attempts: int = 20,
 ) -> Room:
     """Sample a room, place furniture without overlap and keep the camera path clear.
+
+    The content is drawn so that no question about it can be answered from the class names alone: every class of
+    :data:`CATALOGUE` is present independently with ``class_probability``, a present class has a uniform count in
+    ``1..max_count``, instances of a class get distinct colours drawn uniformly from :data:`PALETTE`, and every
+    instance's size is its class's sampled size times a uniform :data:`INSTANCE_SCALE` factor. A room with no class
+    drawn gets one class chosen uniformly. If some instance cannot be placed, the whole layout is drawn again (up to
+    ``attempts`` times; the last layout keeps the instances that fit), so the counts stay as drawn.
 
     Args:
         rng: the scene's random generator (consumed deterministically).
         scene_id: ScanNet-style id.
         camera_positions: maps the room extent ``[3]`` to the camera centres ``[N, 3]`` (aligned frame) that the
             trajectory will visit, so that no object is placed within ``clearance_m`` of the camera.
-        num_classes: ``[min, max)`` number of distinct furniture classes.
+        class_probability: probability that a class is present.
         clearance_m: minimum distance between camera centres and any box.
+        attempts: layouts tried before keeping one where some instance did not fit.
 
     Returns:
         The room with furniture ids ``0..K-1`` followed by the floor and four walls.
     """
     extent = np.array([rng.uniform(4.5, 7.0), rng.uniform(4.0, 6.0), rng.uniform(2.6, 2.9)])
     cams = camera_positions(extent)
-    n_classes = int(rng.integers(num_classes[0], num_classes[1]))
-    chosen = sorted(rng.choice(len(CATALOGUE), size=n_classes, replace=False).tolist())
-    if CLASS_BY_LABEL["chair"] not in [CATALOGUE[i] for i in chosen]:
-        chosen[0] = CATALOGUE.index(CLASS_BY_LABEL["chair"])  # chairs always exist: a "multiple" class
-    placed: list[tuple[np.ndarray, np.ndarray]] = []
-    objects: list[SceneObject] = []
-    for ci in sorted(set(chosen)):
+    present = np.flatnonzero(rng.random(len(CATALOGUE)) < class_probability).tolist()
+    if not present:
+        present = [int(rng.integers(0, len(CATALOGUE)))]
+    names = list(PALETTE)
+    planned: list[tuple[FurnitureClass, str, list[float]]] = []
+    for ci in present:
         cls = CATALOGUE[ci]
-        count = int(rng.integers(2, cls.max_count + 1)) if cls.label == "chair" else 1
-        if cls.max_count > 1 and cls.label != "chair" and rng.random() < 0.3:
-            count = 2
-        colours = rng.choice(len(PALETTE), size=count, replace=False)
-        for k in range(count):
-            obj = _place(rng, cls, extent, placed, cams, clearance_m)
+        count = int(rng.integers(1, cls.max_count + 1))
+        for k in rng.choice(len(PALETTE), size=count, replace=False):
+            scale = rng.uniform(*INSTANCE_SCALE)
+            size = [rng.uniform(*cls.width) * scale, rng.uniform(*cls.depth) * scale,
+                    min(rng.uniform(*cls.height) * scale, extent[2] - 0.2)]
+            planned.append((cls, names[int(k)], size))
+    for _ in range(attempts):
+        objects: list[SceneObject] = []
+        placed: list[tuple[np.ndarray, np.ndarray]] = []
+        for cls, name, size in planned:
+            obj = _place(rng, cls, size, extent, placed, cams, clearance_m)
             if obj is None:
                 continue
             lo, hi, front = obj
-            name = list(PALETTE)[int(colours[k])]
             objects.append(SceneObject(len(objects), cls.label, name, PALETTE[name], lo, hi, front))
             placed.append((lo.min(0), hi.max(0)))
+        if len(objects) == len(planned):
+            break
     objects.extend(_structure(extent, len(objects)))
     return Room(scene_id, extent, tuple(objects), axis_alignment_matrix(rng))
 
 
-def _place(rng, cls: FurnitureClass, extent, placed, cams, clearance_m, tries: int = 200):
-    size = [rng.uniform(*cls.width), rng.uniform(*cls.depth), rng.uniform(*cls.height)]
+def _place(rng, cls: FurnitureClass, size, extent, placed, cams, clearance_m, tries: int = 200):
     parts = cls.build(*size)
     for _ in range(tries):
         if cls.against_wall:

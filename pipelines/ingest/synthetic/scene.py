@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipelines.ingest.synthetic.language import QUESTION_FAMILIES
 from pipelines.ingest.synthetic.render import BoxSet
 from pipelines.ingest.synthetic.room import Room, generate_room
 from pipelines.ingest.synthetic.trajectory import (
@@ -22,7 +23,7 @@ from pipelines.ingest.synthetic.trajectory import (
     invalid_frame_indices,
 )
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 LAYOUTS = ("sens", "export", "posed_images", "video")
 SPLITS = ("train", "val")
 
@@ -45,6 +46,10 @@ class SyntheticConfig:
         gop: H.264 keyframe interval of the video layout.
         val_every: every ``val_every``-th scene, starting at index 1, goes to the val split.
         descriptions_per_object: ScanRefer descriptions per object.
+        class_probability: probability that each furniture class is present in a room (independently per class,
+            so that whether a class is present cannot be told from its name).
+        question_families: ScanQA question families written (subset of ``QUESTION_FAMILIES``).
+        situated_questions: write the SQA3D files (situated questions).
         overwrite: regenerate scenes even when their completion marker matches.
     """
 
@@ -61,6 +66,9 @@ class SyntheticConfig:
     gop: int = 30
     val_every: int = 4
     descriptions_per_object: int = 2
+    class_probability: float = 0.5
+    question_families: tuple[str, ...] = QUESTION_FAMILIES
+    situated_questions: bool = True
     overwrite: bool = False
     generator_version: int = field(default=GENERATOR_VERSION)
 
@@ -82,6 +90,11 @@ class SyntheticConfig:
             raise ValueError(f"jpeg_quality must be in [1, 95], got {self.jpeg_quality}")
         if self.fps < 1 or self.gop < 1 or self.val_every < 2 or self.descriptions_per_object < 1:
             raise ValueError("fps, gop and descriptions_per_object must be >= 1 and val_every >= 2")
+        if not 0.0 < self.class_probability <= 1.0:
+            raise ValueError(f"class_probability must be in (0, 1], got {self.class_probability}")
+        unknown_families = set(self.question_families) - set(QUESTION_FAMILIES)
+        if unknown_families:
+            raise ValueError(f"question_families must be a subset of {QUESTION_FAMILIES}, got {self.question_families}")
 
     @classmethod
     def tiny(cls, out: str) -> SyntheticConfig:
@@ -103,10 +116,10 @@ class SyntheticConfig:
         return "val" if scene_index % self.val_every == 1 else "train"
 
     def fingerprint(self) -> str:
-        """Hash of every field that shapes a scene's files (not ``out``, the scene count or ``overwrite``)."""
-        shaping = {
-            k: v for k, v in dataclasses.asdict(self).items() if k not in ("out", "num_scenes", "overwrite")
-        }
+        """Hash of every field that shapes a scene's files (not ``out``, the scene count, ``overwrite`` or which
+        questions are written: the annotation files are rewritten on every run anyway)."""
+        ignored = ("out", "num_scenes", "overwrite", "question_families", "situated_questions")
+        shaping = {k: v for k, v in dataclasses.asdict(self).items() if k not in ignored}
         shaping.pop("first_scene_index")
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -148,7 +161,7 @@ def build_scene(config: SyntheticConfig, index: int) -> SceneSpec:
     """Deterministically build scene ``index`` (room, trajectory, invalid frames) without rendering."""
     rng = np.random.default_rng([config.seed, index])
     trajectory = LoopTrajectory(phase=float(rng.uniform(0.0, 2.0 * np.pi)))
-    room = generate_room(rng, scene_id_of(index), trajectory.clearance_samples)
+    room = generate_room(rng, scene_id_of(index), trajectory.clearance_samples, config.class_probability)
     aligned = trajectory.poses(room.extent, config.frames_per_scene)
     raw = np.linalg.inv(room.axis_alignment)[None] @ aligned
     invalid = invalid_frame_indices(config.frames_per_scene, config.num_invalid_frames)
