@@ -75,11 +75,6 @@ class ObjectBox:
     center: np.ndarray  # [3]
     size: np.ndarray  # [3], full extents (dx, dy, dz)
 
-    @property
-    def minmax(self) -> tuple[np.ndarray, np.ndarray]:
-        half = np.asarray(self.size) / 2.0
-        return np.asarray(self.center) - half, np.asarray(self.center) + half
-
 
 @dataclass(frozen=True)
 class SceneMetadata:

@@ -88,31 +88,3 @@ def to_ply(xyz: np.ndarray, rgb: np.ndarray) -> bytes:
         "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
     )
     return header.encode("ascii") + vertices.tobytes()
-
-
-def parse_ply(data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Read back a PLY written by :func:`to_ply` (checks the header and that the body holds exactly N vertices).
-
-    Returns:
-        ``xyz [N, 3]`` float32 and ``rgb [N, 3]`` uint8.
-    """
-    end = data.find(b"end_header\n")
-    if not data.startswith(b"ply\n") or end < 0:
-        raise ValueError("not a PLY file (missing 'ply' magic or 'end_header')")
-    header = data[:end].decode("ascii").splitlines()
-    if "format binary_little_endian 1.0" not in header:
-        raise ValueError("PLY is not binary_little_endian 1.0")
-    counts = [int(line.split()[2]) for line in header if line.startswith("element vertex ")]
-    if len(counts) != 1:
-        raise ValueError("PLY header must declare exactly one vertex element")
-    props = [line.split()[1:] for line in header if line.startswith("property ")]
-    expected = [["float", "x"], ["float", "y"], ["float", "z"], ["uchar", "red"], ["uchar", "green"], ["uchar", "blue"]]
-    if props != expected:
-        raise ValueError(f"unexpected PLY properties {props}")
-    body = data[end + len(b"end_header\n"):]
-    if len(body) != counts[0] * PLY_DTYPE.itemsize:
-        raise ValueError(f"PLY body holds {len(body)} bytes, expected {counts[0]} vertices x {PLY_DTYPE.itemsize}")
-    vertices = np.frombuffer(body, dtype=PLY_DTYPE)
-    xyz = np.stack([vertices[n] for n in ("x", "y", "z")], axis=-1)
-    rgb = np.stack([vertices[n] for n in ("red", "green", "blue")], axis=-1)
-    return xyz, rgb

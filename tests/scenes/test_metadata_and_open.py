@@ -15,6 +15,7 @@ from pipelines.scenes.open import UnknownLayoutError, detect_layout, list_scenes
 from pipelines.scenes.posed_images import PosedImagesReader, write_posed_images
 from pipelines.scenes.sens import SensReader, write_sens
 from pipelines.scenes.video_layout import VideoSceneReader, write_video_scene
+from tests.scenes.boxes import minmax
 from tests.scenes.frames import make_frames
 
 SCENE = "scene0042_00"
@@ -75,10 +76,10 @@ def test_metadata_round_trip_and_boxes(tmp_path, color_intrinsics, depth_intrins
     np.testing.assert_array_equal(meta.axis_alignment, _align())
     assert [(o.object_id, o.label) for o in meta.objects] == [(7, "sofa"), (9, "lamp")]
     # sofa: raw x in [0, 3], y in [0, 1], z in [0, 1]; the alignment maps (x, y, z) -> (10 - y, 20 + x, 30 + z)
-    lo, hi = meta.objects[0].minmax
+    lo, hi = minmax(meta.objects[0])
     np.testing.assert_allclose(lo, [9, 20, 30])
     np.testing.assert_allclose(hi, [10, 23, 31])
-    lo, hi = meta.objects[1].minmax  # lamp: raw x [0, .5], y [3, 3.5], z [0, .5]
+    lo, hi = minmax(meta.objects[1])  # lamp: raw x [0, .5], y [3, 3.5], z [0, .5]
     np.testing.assert_allclose(lo, [6.5, 20, 30])
     np.testing.assert_allclose(hi, [7, 20.5, 30.5])
 

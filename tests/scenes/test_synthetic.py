@@ -15,6 +15,7 @@ from pipelines.ingest.synthetic.trajectory import SIZE_PRESETS
 from pipelines.scenes.metadata import read_scene_metadata
 from pipelines.scenes.open import open_scene, scene_uri
 from pipelines.scenes.video import iter_frames
+from tests.scenes.boxes import minmax
 
 SCENE = "scene0000_00"
 
@@ -92,7 +93,7 @@ def test_metadata_boxes_contain_each_objects_points(dataset):
     assert sorted(boxes) == [o.object_id for o in spec.room.objects]
     for obj in spec.room.objects:
         assert boxes[obj.object_id].label == obj.label
-        lo, hi = boxes[obj.object_id].minmax
+        lo, hi = minmax(boxes[obj.object_id])
         np.testing.assert_allclose(np.stack([lo, hi]), np.stack(obj.bbox), atol=1e-4)
     seen: set[int] = set()
     with open_scene(scene_uri(str(root), "sens", SCENE), "sens") as reader:
@@ -108,7 +109,7 @@ def test_metadata_boxes_contain_each_objects_points(dataset):
             points = to_aligned(points, meta.axis_alignment)
             owner = ids.ravel()[flat]
             for object_id in np.unique(owner):
-                lo, hi = boxes[int(object_id)].minmax
+                lo, hi = minmax(boxes[int(object_id)])
                 pts = points[owner == object_id]
                 assert (pts >= lo - 0.01).all() and (pts <= hi + 0.01).all(), f"object {object_id}, frame {i}"
                 seen.add(int(object_id))

@@ -10,8 +10,8 @@ import pytest
 import requests
 
 from pipelines.serve.config import ServeConfig
-from pipelines.serve.pointcloud import parse_ply
 from tests.serve.conftest import deploy, undeploy
+from tests.serve.ply import read_ply
 
 pytestmark = pytest.mark.slow
 
@@ -125,7 +125,7 @@ def test_answer_caption_ground(api, scene):
 def test_pointcloud_ply(api, scene):
     r = requests.get(f"{api}/v1/scenes/{scene['scene_id']}/pointcloud", timeout=60)
     assert r.status_code == 200, r.text
-    xyz, rgb = parse_ply(r.content)
+    xyz, rgb = read_ply(r.content)
     assert int(r.headers["X-Point-Count"]) == len(xyz)
     # One point per valid predicted depth pixel of the 4 sampled 28x28 frames (the 50k cap is not reached).
     from ray import serve
