@@ -173,9 +173,12 @@ def test_peak_memory_counts_the_driver_and_the_processes_it_started():
 
     from pipelines.demo.runner import PeakMemory
 
+    # In a full test session this process may already have started Ray (its workers are our children too).
+    before = PeakMemory(interval_s=0.05).start().stop()
     memory = PeakMemory(interval_s=0.05).start()
     child = subprocess.Popen([sys.executable, "-c", "import time; b = bytearray(300 * 1024**2); time.sleep(2)"])
     child.wait(timeout=60)
     peak = memory.stop()
-    assert peak["driver"] > 20 and peak["ray"] > 250 and peak["workers"] == 0  # the child is no Ray worker
+    assert peak["driver"] > 20 and peak["ray"] > before["ray"] + 250
+    assert peak["workers"] < before["workers"] + 100  # the child is no Ray worker
     assert peak["total"] >= peak["driver"] + 250
