@@ -345,3 +345,21 @@ def test_fixed_scale_replaces_metric_alignment(tiny_cfg, batch):
     assert VidLLMConfig.from_dict(cfg.to_dict()).scale.fixed_scale == 1.0
     with pytest.raises(ValueError, match="fixed_scale"):
         dataclasses.replace(tiny_cfg.scale, fixed_scale=0.0)
+
+
+def test_an_answer_is_never_empty_even_when_eos_is_the_likeliest_first_token(tokenizer, batch):
+    torch.manual_seed(0)
+    model = VidLLM(VidLLMConfig.tiny()).eval()
+    llm = model.vidllm_config.llm
+    special = [llm.pad_token_id, llm.scene_token_id, llm.loc_token_id, llm.bos_token_id]
+
+    def eos_first(module, inputs, logits):
+        logits = logits.clone()
+        logits[..., llm.eos_token_id] += 1e4
+        logits[..., special] -= 1e4
+        return logits
+
+    model.llm.get_output_embeddings().register_forward_hook(eos_first)
+    answers = model.answer(model.encode_scene(batch.frames), ["what is this?"] * batch.frames.shape[0], tokenizer,
+                           max_new_tokens=3)
+    assert all(a.strip() for a in answers), answers
