@@ -53,23 +53,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from pipelines import storage  # noqa: E402
+from pipelines.demo.run import DEMO_ENV_DEFAULTS  # noqa: E402
 from pipelines.demo.runner import Progress  # noqa: E402
 from pipelines.ingest.synthetic.language import QUESTION_FAMILIES  # noqa: E402
 from pipelines.ingest.synthetic.priors import chance_levels  # noqa: E402
+from pipelines.weights import WEIGHTS_DIR_ENV  # noqa: E402
 
 VARIANTS = ("full", "blind", "no_bridge", "no_metric_depth")
 #: Families whose answers depend on the scene (all of them: the generator balances every family).
 SCENE_FAMILIES = QUESTION_FAMILIES
-ENV_DEFAULTS = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_NUM_THREADS": "1",
-}
-#: Where `vidllm weights install` put the real weights (one folder per model).
-WEIGHTS_DIR_ENV = "VIDLLM_WEIGHTS_DIR"
 EXPERIMENT = "bench-learning"
 EVAL_EXPERIMENT = "bench-learning-eval"
 HELDOUT_FIRST_INDEX = 5000
@@ -554,7 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prepare_out(out, args.fresh, fingerprint(args, size))
     except ValueError as err:
         parser.error(str(err))
-    for key, value in ENV_DEFAULTS.items():
+    for key, value in DEMO_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri(out)
 
@@ -564,7 +556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress = Progress(os.path.join(out, "logs"), total=3 * (size.noise_seeds + 1) + 3 * num_runs + 1)
     started, load_before = time.perf_counter(), os.getloadavg()
     progress.say(f"bench_learning: {'quick' if args.quick else 'default'} size {dataclasses.asdict(size)}; out {out}")
-    env = {k: os.environ[k] for k in (*ENV_DEFAULTS, "MLFLOW_TRACKING_URI")}
+    env = {k: os.environ[k] for k in (*DEMO_ENV_DEFAULTS, "MLFLOW_TRACKING_URI")}
     ray.init(address="local", num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False,
              runtime_env={"env_vars": env}, object_store_memory=512 * 1024**2)
     try:
