@@ -20,6 +20,7 @@ chat-template flag) in a local directory, typically next to the model checkpoint
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from model.config import VidLLMConfig
+from model.generation import answer_constraints, visible_token_mask
 from model.tokenizer import (
     LOC_TOKEN,
     SCENE_TOKEN,
@@ -161,6 +163,17 @@ class VidLLMProcessor:
     def generation_inputs(self, prompts: Sequence[str], answer_prefix: str = "") -> dict[str, torch.Tensor]:
         """A left-padded generation batch (``input_ids``, ``attention_mask``) of prompts, see :meth:`prompt_ids`."""
         return self.pad([self.prompt_ids(p, answer_prefix) for p in prompts], "left")
+
+    @functools.cached_property
+    def visible_tokens(self) -> torch.Tensor:
+        """Bool ``[V]``: the tokens whose text is visible (see :func:`model.generation.visible_token_mask`),
+        computed once per processor."""
+        return visible_token_mask(self.tokenizer)
+
+    def generation_constraints(self, eos_token_id: int, max_new_tokens: int) -> dict[str, object]:
+        """``generate`` keyword arguments (``max_new_tokens`` included) that keep an answer to what training
+        targets hold: visible text, then EOS (see ``model/generation.py``)."""
+        return answer_constraints(self.tokenizer, self.visible_tokens, eos_token_id, max_new_tokens)
 
     def decode(self, ids: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:
         """Generated ids ``[B, T]`` to stripped texts (special tokens removed)."""

@@ -244,11 +244,10 @@ class VidLLM(PreTrainedModel):
 
     def _generate(self, spliced, processor: VidLLMProcessor, max_new_tokens: int) -> list[str]:
         cfg = self.vidllm_config.llm
-        # min_new_tokens=1: every trained answer has at least one token before its EOS (model/tokenizer.py's
-        # encode_example; empty answers are never training targets), so an immediate EOS is no answer at all.
         ids = self.llm.generate(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
-                                max_new_tokens=max_new_tokens, min_new_tokens=1, do_sample=False, num_beams=1,
-                                pad_token_id=cfg.pad_token_id, eos_token_id=cfg.eos_token_id)
+                                do_sample=False, num_beams=1, pad_token_id=cfg.pad_token_id,
+                                eos_token_id=cfg.eos_token_id,
+                                **processor.generation_constraints(cfg.eos_token_id, max_new_tokens))
         return processor.decode(ids)
 
     @torch.no_grad()
