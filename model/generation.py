@@ -32,11 +32,12 @@ class VisibleTextBeforeEOS(LogitsProcessor):
         visible: bool ``[V]`` from :func:`visible_token_mask`.
         eos_token_id: the id generation stops at.
         max_new_tokens: the length budget of the answer.
-        prompt_length: how many leading ``input_ids`` columns are prompt, not answer (0 when generation starts
-            from ``inputs_embeds`` alone: transformers then passes only the generated ids).
+
+    Generation starts from ``inputs_embeds`` alone (``model/vidllm.py``), so the ``input_ids`` transformers passes
+    hold only the generated ids: no prompt column to skip.
     """
 
-    def __init__(self, visible: torch.Tensor, eos_token_id: int, max_new_tokens: int, prompt_length: int = 0) -> None:
+    def __init__(self, visible: torch.Tensor, eos_token_id: int, max_new_tokens: int) -> None:
         if visible.dtype != torch.bool or visible.ndim != 1:
             raise ValueError(f"visible must be a bool [V] mask, got {visible.dtype} {list(visible.shape)}")
         if not visible.any():
@@ -46,15 +47,13 @@ class VisibleTextBeforeEOS(LogitsProcessor):
         self.visible = visible
         self.eos_token_id = int(eos_token_id)
         self.max_new_tokens = int(max_new_tokens)
-        self.prompt_length = int(prompt_length)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        generated = input_ids[:, self.prompt_length:]
         # Ids past the tokenizer (an LM vocabulary padded beyond it) decode to nothing: not visible.
         visible = torch.nn.functional.pad(self.visible.to(scores.device), (0, max(0, scores.shape[-1] - len(self.visible))))
-        started = visible[generated].any(dim=1)
+        started = visible[input_ids].any(dim=1)
         blocked = torch.zeros_like(scores, dtype=torch.bool)
-        if generated.shape[1] >= self.max_new_tokens - 1:
+        if input_ids.shape[1] >= self.max_new_tokens - 1:
             blocked[~started] = ~visible
         blocked[:, self.eos_token_id] |= ~started
         return scores.masked_fill(blocked, float("-inf"))

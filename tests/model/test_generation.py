@@ -21,12 +21,6 @@ def test_eos_is_blocked_only_until_a_visible_token_was_generated():
     assert constraint(torch.empty(3, 0, dtype=torch.long), scores.clone())[:, EOS].isneginf().all()
 
 
-def test_prompt_columns_do_not_count_as_answer_text():
-    visible = torch.tensor([False, False, False, True])
-    out = VisibleTextBeforeEOS(visible, EOS, 4, prompt_length=2)(torch.tensor([[3, 3, 0]]), torch.zeros(1, 4))
-    assert out[0, EOS] == float("-inf")
-
-
 def test_ids_past_the_tokenizer_are_not_visible():
     out = VisibleTextBeforeEOS(torch.tensor([False, False, False, True]), EOS, 4)(torch.tensor([[5]]),
                                                                                   torch.zeros(1, 8))
