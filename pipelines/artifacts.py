@@ -9,6 +9,9 @@ teacher folders):
   resolves it (an alias to its current version) and the version's artifacts are downloaded into the cache;
 * ``runs:/<run_id>/<path>``, or ``mlflow-run:<run_id>`` for the ``model`` artifact of a training run.
 
+Registry and run artifacts in a store on this machine's file system are used in place, like local directories:
+a copy per consumer (evaluation, serving) would double the disk a real-size model takes (~1 GB each).
+
 A model checkpoint is the HF-layout directory (``config.json`` + ``model.safetensors`` + the processor: tokenizer
 files and ``processor_config.json``, loaded together by :func:`load_model_and_processor`); a
 registered version is an MLflow pyfunc model that holds it under ``artifacts/`` (:mod:`pipelines.serve.pyfunc`), so
@@ -166,6 +169,23 @@ def _download(artifact_uri: str, tracking_uri: str | None, uri: str, flag: str) 
     return fetch
 
 
+def _on_disk(artifact_uri: str) -> str | None:
+    """The local directory of an MLflow artifact location on this machine's file system (a file store, or a
+    mounted volume), used in place as local model URIs are; ``None`` for remote stores, which are downloaded."""
+    path = artifact_uri.removeprefix("file://")
+    return path if os.path.isabs(path) and os.path.isdir(path) else None
+
+
+def _run_artifact_uri(run_id: str, path: str | None, tracking_uri: str | None) -> str:
+    """Where the artifact ``path`` of run ``run_id`` is stored; empty when the store does not say (the download
+    then reports what is wrong)."""
+    try:
+        root = _client(tracking_uri).get_run(run_id).info.artifact_uri
+    except Exception:  # noqa: BLE001 - unknown run or unreachable store: the download names the problem
+        return ""
+    return posixpath.join(root, path) if path else root
+
+
 def _fsspec_copy(uri: str, flag: str) -> tuple[str, Callable[[str], None]]:
     """``(cache key, fetch)`` of a directory on object storage; the key covers every file's name, size and ETag
     (or mtime), so a directory rewritten in place (a rerun into the same output) is downloaded again."""
@@ -215,14 +235,15 @@ def resolve(uri: str, cache_dir: str, tracking_uri: str | None, flag: str, check
             source = client.get_model_version_download_uri(mv.name, mv.version)
         except Exception as err:  # noqa: BLE001 - as in _registry_version
             raise ArtifactError(uri, f"no artifact location in the registry at {tracking_uri} ({err})", flag) from None
-        root = _cached(f"{tracking_uri}|models:/{mv.name}/{mv.version}", cache_dir,
-                       _download(source, tracking_uri, uri, flag))
+        root = _on_disk(source) or _cached(f"{tracking_uri}|models:/{mv.name}/{mv.version}", cache_dir,
+                                           _download(source, tracking_uri, uri, flag))
         found = ModelSource(uri, root, mv.name, str(mv.version), mv.run_id or None)
     elif target.startswith("runs:/"):
         match = _RUNS.match(target)
         if match is None:
             raise ArtifactError(uri, "run URIs are runs:/<run_id>/<path> or mlflow-run:<run_id>", flag)
-        root = _cached(f"{tracking_uri}|{target}", cache_dir, _download(target, tracking_uri, uri, flag))
+        root = (_on_disk(_run_artifact_uri(match.group("run_id"), match.group("path"), tracking_uri))
+                or _cached(f"{tracking_uri}|{target}", cache_dir, _download(target, tracking_uri, uri, flag)))
         found = ModelSource(uri, root, source_run_id=match.group("run_id"))
     elif is_local(target):
         local = os.path.abspath(target.removeprefix("file://"))

@@ -1,6 +1,7 @@
 """One module resolves every model URI (local, s3://, models:/name/version, models:/name@alias, runs:/, mlflow-run:)
-into one cache, and a registered version is an MLflow pyfunc model that ``mlflow.pyfunc.load_model`` loads and asks
-a question of. Real moto S3 server, real sqlite MLflow store, real tiny checkpoint, real H.264 video."""
+to a local directory (remote ones through one cache, a local MLflow store in place), and a registered version is an
+MLflow pyfunc model that ``mlflow.pyfunc.load_model`` loads and asks a question of. Real moto S3 server, real sqlite
+MLflow store, real tiny checkpoint, real H.264 video."""
 
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ def registered(checkpoint, tmp_path_factory):
     assert version == "1" and tracker.end("FINISHED")
     client = MlflowClient(uri, registry_uri=uri)
     client.set_registered_model_alias("vidllm-tiny", "champion", "1")
-    return {"uri": uri, "run_id": tracker.run_id, "client": client}
+    return {"uri": uri, "run_id": tracker.run_id, "client": client, "store": root / "artifacts"}
 
 
 @pytest.mark.slow
@@ -107,6 +108,8 @@ def test_registry_and_run_uris_resolve_to_the_checkpoint(registered, checkpoint,
     source = resolve_model(uri, registered["uri"], str(tmp_path / "cache"))
     local = Path(source.local_dir)
     assert (local / "model.safetensors").read_bytes() == (checkpoint / "model.safetensors").read_bytes()
+    # The store is on this machine's disk: its artifacts are used in place, nothing is copied into the cache.
+    assert local.is_relative_to(registered["store"]) and not (tmp_path / "cache").exists()
     assert source.source_run_id == registered["run_id"]
     if uri.startswith("models:/"):
         assert (source.registered_name, source.registered_version) == ("vidllm-tiny", "1")

@@ -244,6 +244,7 @@ def train(cfg: DemoConfig, paths: DemoPaths, step: StepRecord, stage: int, state
     """
     from pipelines.train.export import model_uri
     from pipelines.train.launch import run_training
+    from pipelines.train.plan import check_run
 
     key = f"stage{stage}"
     out = paths.stage1 if stage == 1 else paths.stage2
@@ -256,6 +257,9 @@ def train(cfg: DemoConfig, paths: DemoPaths, step: StepRecord, stage: int, state
     ensure_experiments(paths)
     init_from = state["stage1"]["model_uri"] if stage == 2 else ""
     config = train_config(cfg, paths, stage, init_from)
+    plan = check_run(config, paths.tracking_uri)  # what `python -m pipelines.train` checks before Ray starts
+    if plan.problems:
+        raise ValueError("; ".join(plan.problems))
     result = run_training(config)
     if result.model_version is None:
         raise RuntimeError(f"stage {stage}: the model at {exported} was not registered in {result.tracking_uri}")

@@ -21,7 +21,8 @@ Examples::
 
 The resolved config is written to ``<run.output_dir>/train_config.json`` and next to the exported model. Every run
 first does the checks of ``--dry-run`` (inputs exist, token ids, frame and patch sizes, workers vs data) and stops
-with one line per problem (exit status 2) before Ray starts.
+with one line per problem (exit status 2) before Ray starts; it also stops when this machine's disks cannot hold
+the checkpoints and export the run writes there (a dry run prints that estimate without enforcing it).
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def build_parser() -> CliParser:
                         help="Ray cluster to connect to (default: RAY_ADDRESS, or the job's cluster, or a local one); "
                         "with --dry-run, the cluster whose resources the workers are checked against")
     parser.add_argument("--dry-run", action="store_true",
-                        help="check everything and print the plan (parameters, trainable, memory per GPU) without "
-                        "training; exit status 2 with one line per problem")
+                        help="check everything and print the plan (parameters, trainable, memory per GPU, disk on "
+                        "this machine) without training; exit status 2 with one line per problem")
     group = spec().add_arguments(parser)
     group.description = (f"Presets: {', '.join(sorted(PRESETS))}; or a YAML/JSON file holding the TrainConfig tree "
                          "(as written to train_config.json). Then --set overrides in order.")
@@ -87,7 +88,7 @@ def _main(argv: Sequence[str] | None) -> int:
         print_config(cfg)
         return 0
     plan = check_run(cfg, cfg.tracking.tracking_uri or None,
-                     _cluster_resources(args.ray_address) if args.dry_run else None)
+                     _cluster_resources(args.ray_address) if args.dry_run else None, disk=not args.dry_run)
     if args.dry_run:
         for line in plan.lines:
             print(line)

@@ -10,7 +10,8 @@ step (:func:`pipelines.train.memory.estimate_memory`: model state, DeepSpeed buf
 run's clip shape) for any preset, up to the paper's 8 B-parameter ``base()``; with ``run.gpu_memory_gib`` set, a
 step that does not fit is a problem. The clip shape is the first training sample's (frames subsampled to
 ``data.num_frames``); without readable data, the encoder's image size and ``data.num_frames`` (or 8 frames) stand in.
-The real run does the same checks before Ray starts.
+The disk the run's checkpoints and export take on this machine's file systems (:mod:`pipelines.train.disk`) is
+checked against their free space (a dry run only reports it: it may run elsewhere than the job). The real run does the same checks before Ray starts.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from pipelines import preflight
 from pipelines.config import UsageError
 from pipelines.train.config import MODEL_ARTIFACT_FIELDS, TrainConfig
+from pipelines.train.disk import check_disk, disk_uses
 from pipelines.train.memory import GIB, StepShape, estimate_memory, headroom_gib
 
 #: Text tokens per example assumed by the memory estimate when ``data.max_text_tokens`` is 0 (no cap): the
@@ -108,13 +110,17 @@ def _tokenizer(plan: RunPlan, vidllm_cfg) -> None:
         plan.problems.append(f"train config field 'model.llm.tokenizer_path': {err}: {hint}")
 
 
-def check_run(cfg: TrainConfig, tracking_uri: str | None = None, cluster: dict[str, float] | None = None) -> RunPlan:
+def check_run(cfg: TrainConfig, tracking_uri: str | None = None, cluster: dict[str, float] | None = None,
+              disk: bool = True) -> RunPlan:
     """Every check of a run, and its plan.
 
     Args:
         cfg: the resolved training config.
         tracking_uri: MLflow tracking URI for registry/run URIs (``init_from``).
         cluster: the connected cluster's total resources (``ray.cluster_resources()``), when there is one.
+        disk: this machine runs the job (its driver and local checkpoints): a local file system too small for what
+            the run writes is a problem. ``False`` (a dry run, often on another machine than the job's): the disk
+            lines are printed for this machine, as information.
     """
     import torch
 
@@ -161,6 +167,7 @@ def check_run(cfg: TrainConfig, tracking_uri: str | None = None, cluster: dict[s
                 f"cluster has {cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} GPUs: lower "
                 "run.num_workers or run.cpus_per_worker, or add nodes")
     clip = None
+    total_steps = cfg.schedule.max_steps or None
     if shards:
         total = sum(s.num_samples for s in shards)
         spe = _attempt(plan, lambda: steps_per_epoch(shards, workers, cfg.data.micro_batch_size,
@@ -168,8 +175,9 @@ def check_run(cfg: TrainConfig, tracking_uri: str | None = None, cluster: dict[s
         if spe is None:
             plan.problems[-1] = f"train config field 'run.num_workers': {plan.problems[-1].split(': ', 1)[-1]}"
         else:
-            steps = cfg.schedule.max_steps or spe * cfg.schedule.num_epochs
-            plan.lines.append(f"data: {total} samples in {len(shards)} shards, {spe} steps per epoch, {steps} steps")
+            total_steps = cfg.schedule.max_steps or spe * cfg.schedule.num_epochs
+            plan.lines.append(f"data: {total} samples in {len(shards)} shards, {spe} steps per epoch, "
+                              f"{total_steps} steps")
         sample = _attempt(plan, lambda: _first_sample(cfg.data.manifest_uri))
         if sample is not None:
             clip = (sample[2], *sample[1])
@@ -211,7 +219,23 @@ def check_run(cfg: TrainConfig, tracking_uri: str | None = None, cluster: dict[s
         total = counts["trainable"] + counts["frozen"]
         plan.lines.append(f"  {'all':<15} {total / 1e6:10.2f} M / {counts['trainable'] / 1e6:10.2f} M")
         _memory(plan, cfg, model, vidllm_cfg, clip)
+        _disk(plan, cfg, total, counts["trainable"], total_steps, tracking_uri, disk)
     return plan
+
+
+def _disk(plan: RunPlan, cfg: TrainConfig, total: int, trainable: int, total_steps: int | None,
+          tracking_uri: str | None, enforce: bool) -> None:
+    """The disk lines of the plan, and (``enforce``) a problem per local file system the run would fill."""
+    from pipelines.train.deepspeed_config import use_bf16
+
+    uses = disk_uses(cfg, total, trainable, use_bf16(cfg, cfg.run.use_gpu), total_steps,
+                     tracking_uri or cfg.tracking.tracking_uri)
+    lines, problems = check_disk(uses)
+    plan.lines += lines
+    if enforce:
+        plan.problems += problems
+    else:
+        plan.lines += [f"  not enough here, if this machine runs the job: {problem}" for problem in problems]
 
 
 def _memory(plan: RunPlan, cfg: TrainConfig, model, vidllm_cfg, clip: tuple[int, int, int] | None) -> None:

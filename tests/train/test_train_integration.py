@@ -98,6 +98,7 @@ def test_stage1_then_stage2(ray_session, train_manifest, tmp_path, request, zero
 
         exported = Path(resolve_model(f"models:/vidllm-z{zero}-s2/{r2.model_version}", r2.tracking_uri,
                                       str(tmp_path / "dl")).local_dir)
+        assert exported.is_relative_to(tmp_path / "dl")  # a proxied (HTTP) store is downloaded into the cache
     answers = _answer(str(exported))
     assert len(answers) == 1 and isinstance(answers[0], str)
 
