@@ -36,9 +36,11 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
+from pipelines.artifacts import is_local
+from pipelines.tracking import local_artifact_location
 from pipelines.train.config import TrainConfig
+from pipelines.train.memory import GIB
 
-GIB = 1024**3
 #: Bytes per trainable parameter in a checkpoint's optimizer state: fp32 master weights, Adam's exp_avg and
 #: exp_avg_sq.
 OPTIMIZER_BYTES = 12
@@ -75,11 +77,8 @@ def checkpoints_saved(total_steps: int | None, every: int) -> int | None:
 
 
 def _local(uri: str) -> str | None:
-    if not uri:
-        return None
-    if uri.startswith("file://"):
-        return uri.removeprefix("file://")
-    return None if "://" in uri else os.path.abspath(uri)
+    """The absolute local path of a local path or ``file://`` URI; ``None`` for object storage or empty."""
+    return os.path.abspath(uri.removeprefix("file://")) if uri and is_local(uri) else None
 
 
 def disk_uses(cfg: TrainConfig, total_params: int, trainable_params: int, bf16: bool, total_steps: int | None,
@@ -98,8 +97,8 @@ def disk_uses(cfg: TrainConfig, total_params: int, trainable_params: int, bf16: 
                  DiskUse(tempfile.gettempdir(), TEMP_DIR, "checkpoint", checkpoint),
                  DiskUse(storage_path, "run.storage_path", "export", kept * checkpoint)]
     output_dir = _local(cfg.run.output_dir)
-    local_store = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
     if output_dir:
+        local_store = local_artifact_location(tracking_uri, output_dir) is not None
         uses.append(DiskUse(output_dir, "run.output_dir", "export", export * (2 if local_store else 1)))
     # MLflow packages the export from a local copy: the export itself when local, else a download of it first.
     uses.append(DiskUse(tempfile.gettempdir(), TEMP_DIR, "export", export * (1 if output_dir else 2)))

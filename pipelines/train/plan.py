@@ -11,7 +11,8 @@ run's clip shape) for any preset, up to the paper's 8 B-parameter ``base()``; wi
 step that does not fit is a problem. The clip shape is the first training sample's (frames subsampled to
 ``data.num_frames``); without readable data, the encoder's image size and ``data.num_frames`` (or 8 frames) stand in.
 The disk the run's checkpoints and export take on this machine's file systems (:mod:`pipelines.train.disk`) is
-checked against their free space (a dry run only reports it: it may run elsewhere than the job). The real run does the same checks before Ray starts.
+checked against their free space (a dry run only reports it: it may run elsewhere than the job). The real run does
+the same checks before Ray starts.
 """
 
 from __future__ import annotations
