@@ -35,6 +35,28 @@ def test_quick_size_trains_at_the_measured_learning_rate(bench):
     assert size.variants == ("full", "blind") and size.families == ("color",)
 
 
+def test_default_size_is_the_quick_recipe_on_every_family_with_grounding_and_the_ablations(bench):
+    args = bench.build_parser().parse_args([])
+    size = bench.resolve_size(args)
+    quick = bench.resolve_size(bench.build_parser().parse_args(["--quick"]))
+    assert (size.lr, size.stage2_steps, size.short_side, size.train_scenes) == (
+        quick.lr, quick.stage2_steps, quick.short_side, quick.train_scenes)
+    assert size.families == ("counting", "color", "existence", "relative_position", "size")
+    assert size.variants == ("full", "blind", "no_bridge", "no_metric_depth")
+    assert size.grounding and size.noise_seeds == 1 and size.class_probability == 0.5
+    assert args.encoder == ""
+
+
+def test_an_encoder_folder_without_weights_is_one_clear_error(bench, tmp_path, capsys):
+    missing = tmp_path / "dinov2-small"
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--encoder", str(missing), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"--encoder {missing}: no config.json" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_more_variants_or_noise_seeds_reuse_the_folder_other_training_settings_do_not(bench):
     base = _key(bench)
     assert _key(bench, "--variants", "full,blind,no_bridge,no_metric_depth") == base
