@@ -91,16 +91,17 @@ class Size:
     grounding: bool
 
 
-SIZES = {
-    # The default is the quick size with the five families in rooms of several classes, grounding and the four
-    # variants. It keeps the tiny random ViT: with DINOv2-S a Stage-2 step took 3.8 s on 2 cores against about
-    # 0.9 s, which would put the run at several hours (bench/README.md); --encoder selects DINOv2-S.
-    "default": Size(train_scenes=256, heldout_scenes=64, frames_per_scene=10, frames_per_clip=8, clips_per_scene=1,
+#: The quick recipe (measured in bench/README.md) on the five families in rooms of several classes, with grounding,
+#: the four variants and one noise pair. It keeps the tiny random ViT: with DINOv2-S a Stage-2 step took 3.8 s on 2
+#: cores against 0.55-0.78 s, about 4 h for the run; --encoder selects DINOv2-S.
+DEFAULT_SIZE = Size(train_scenes=256, heldout_scenes=64, frames_per_scene=10, frames_per_clip=8, clips_per_scene=1,
                     short_side=56, stage1_steps=2, stage2_steps=600, micro_batch=4, lr=7.5e-4,
-                    class_probability=0.5, families=QUESTION_FAMILIES, variants=VARIANTS, noise_seeds=1, grounding=True),
-    "quick": Size(train_scenes=256, heldout_scenes=64, frames_per_scene=10, frames_per_clip=8, clips_per_scene=1,
-                  short_side=56, stage1_steps=2, stage2_steps=600, micro_batch=4, lr=7.5e-4,
-                  class_probability=0.02, families=("color",), variants=("full", "blind"), noise_seeds=0, grounding=False),
+                    class_probability=0.5, families=QUESTION_FAMILIES, variants=VARIANTS, noise_seeds=1, grounding=True)
+SIZES = {
+    "default": DEFAULT_SIZE,
+    # One family in one-class rooms, full vs blind: the CI variant.
+    "quick": dataclasses.replace(DEFAULT_SIZE, class_probability=0.02, families=("color",), variants=("full", "blind"),
+                                 noise_seeds=0, grounding=False),
 }
 
 
